@@ -1,0 +1,2 @@
+"""Numba kernels."""
+X = 1

@@ -1,0 +1,54 @@
+"""Where lipsync keeps results worth reusing between runs (scene lists, for now)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+_CHUNK = 1 << 20
+
+
+def cache_dir() -> Path:
+    """The cache folder: ``$LIPSYNC_HOME/cache`` if set, else the user's cache directory."""
+    home = os.environ.get("LIPSYNC_HOME")
+    root = Path(home) / "cache" if home else Path(platformdirs.user_cache_dir("lipsync"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes: the key that says two paths hold the same video."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_json(kind: str, key: str) -> Any | None:
+    """A cached JSON value, or None when it is absent or unreadable (a cache never fails a run)."""
+    path = cache_dir() / kind / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def store_json(kind: str, key: str, value: Any) -> None:
+    """Write a JSON value atomically, so a reader never sees half a file."""
+    folder = cache_dir() / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(value, handle)
+        os.replace(tmp, folder / f"{key}.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
