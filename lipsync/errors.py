@@ -53,6 +53,16 @@ class InvalidFormatError(LipsyncError):
     name = "INVALID_FORMAT"
 
 
+class InvalidOptionError(LipsyncError, ValueError):
+    """An argument is out of range or unknown (an intensity of 7, a model that does not exist).
+
+    Not one of the hosted API's upload errors: it answers a bad request, so it carries the
+    generic code, and it is also a ValueError for callers who expect one.
+    """
+
+    name = "INVALID_REQUEST"
+
+
 class LimitExceededError(LipsyncError):
     """The input is longer than the configured maximum duration."""
 
@@ -64,6 +74,7 @@ __all__ = [
     "DataCorruptedError",
     "InternalError",
     "InvalidFormatError",
+    "InvalidOptionError",
     "LimitExceededError",
     "LipsyncError",
     "MissingDependencyError",

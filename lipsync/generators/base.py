@@ -1,0 +1,41 @@
+"""The generator interface: what phase 3 asks of a lip renderer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..audio import AudioFeatures
+
+INTENSITIES = (1, 2, 3)
+
+
+@dataclass
+class FaceFrame:
+    """One face on one output frame, handed to a generator to re-render in place."""
+
+    image: np.ndarray  # (h, w, 3) uint8 RGB, the whole frame; the generator edits it in place
+    landmarks: np.ndarray  # (468, 2) float32 px, smoothed face-mesh landmarks of this face
+    out_index: int  # position on the output timeline: which audio features apply
+    track: int  # which face track this is, so a generator can keep per-face state
+
+
+class Generator(ABC):
+    """A lip renderer. One instance serves one job (one video, one audio)."""
+
+    name: ClassVar[str]
+    needs_weights: ClassVar[bool] = False
+
+    def __init__(self, intensity: int = 2) -> None:
+        self.intensity = intensity
+
+    @abstractmethod
+    def prepare(self, audio: AudioFeatures) -> None:
+        """Take the new audio's features, one row per output frame, before any render call."""
+
+    @abstractmethod
+    def render(self, faces: list[FaceFrame]) -> list[tuple[int, int, int, int]]:
+        """Re-render each face's mouth in place; return the box (x0, y0, x1, y1) each changed."""

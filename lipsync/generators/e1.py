@@ -1,0 +1,289 @@
+"""``e1``: the built-in mouth renderer. It needs no learned weights.
+
+How far the mouth opens comes from the new audio (``AudioFeatures.openness``, zero in
+silence). The renderer moves the face-mesh lip and jaw landmarks to that opening, turns the
+moves into a smooth displacement field over the lower face, warps the frame with it, paints
+the opened inside of the mouth (a dark cavity with a band of upper teeth), and blends the
+result back through a feathered lower-face mask. Pixels outside the mask are never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..audio import AudioFeatures
+from ..kernels import blend_masked, displacement_field
+from ..landmarks import (
+    CHIN,
+    CHIN_MIDLINE,
+    JAW,
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    STILL,
+    MouthFrame,
+    lower_face_polygon,
+    mouth_frame,
+)
+from . import register
+from .base import FaceFrame, Generator
+
+# Centre opening at full loudness, in mouth widths, for intensity 1, 2 and 3.
+OPEN_GAIN = {1: 0.2, 2: 0.32, 3: 0.45}
+# How an opening is shared: the jaw carries the lower lip down, the upper lip lifts a little.
+LOWER_SHARE, UPPER_SHARE = 0.8, 0.2
+# Fraction of the lower-lip move that reaches each chin-midline point, lip to chin.
+CHIN_FOLLOW = (0.95, 0.92, 0.9, 0.88, 0.85)
+# Feather of the lower-face mask, in mouth widths (Gaussian sigma).
+FEATHER = 0.07
+# The displacement field is evaluated on a grid this many pixels apart, then interpolated.
+GRID_STEP = 4
+TEETH_RGB = np.array([226.0, 220.0, 208.0], dtype=np.float32)
+# Which side of the lip seam a control point steers (a bit mask: anchors steer both).
+_UPPER, _LOWER = 1, 2
+
+
+@dataclass
+class _Controls:
+    """The warp's control points, where they end up, and the new mouth outline."""
+
+    targets: np.ndarray  # (m, 2) px, where each control point moves to
+    moves: np.ndarray  # (m, 2) px, target minus source
+    sigmas: np.ndarray  # (m,) px, how far each point's pull reaches
+    sides: np.ndarray  # (m,) int, _UPPER, _LOWER or both
+    seam: np.ndarray  # (k, 2) (u, v) px of the new lip seam, sorted by u
+    inner: np.ndarray  # (2k, 2) px, the new inner-lip loop (upper left to right, lower back)
+
+
+@register("e1")
+class E1Generator(Generator):
+    """Landmark-driven warp plus a painted mouth interior; deterministic, CPU only."""
+
+    def __init__(self, intensity: int = 2) -> None:
+        super().__init__(intensity)
+        self._openness = np.zeros(0, dtype=np.float32)
+        self._lip_rgb: dict[int, np.ndarray] = {}
+
+    def prepare(self, audio: AudioFeatures) -> None:
+        self._openness = np.asarray(audio.openness, dtype=np.float32)
+
+    def render(self, faces: list[FaceFrame]) -> list[tuple[int, int, int, int]]:
+        return [self._render_one(face) for face in faces]
+
+    def target_opening(self, out_index: int, width: float) -> float:
+        """Centre inner-lip gap the audio asks for at this output frame, in px."""
+        if not 0 <= out_index < len(self._openness):
+            return 0.0
+        return float(self._openness[out_index]) * OPEN_GAIN[self.intensity] * width
+
+    def _render_one(self, face: FaceFrame) -> tuple[int, int, int, int]:
+        image, landmarks = face.image, face.landmarks.astype(np.float64)
+        frame = mouth_frame(landmarks)
+        box = _mask_box(landmarks, frame, image.shape)
+        if box is None:
+            return (0, 0, 0, 0)
+        x0, y0, x1, y1 = box
+
+        opening = self.target_opening(face.out_index, frame.width)
+        controls = _control_moves(landmarks, frame, opening)
+        warped = _warp_roi(image, box, controls, frame)
+
+        lip_rgb = self._track_lip_colour(face.track, image, landmarks)
+        _paint_mouth_inside(warped, box, controls.inner, frame, lip_rgb)
+
+        alpha = _mask_alpha(landmarks, frame, box)
+        roi = image[y0:y1, x0:x1]
+        blend_masked(roi, warped, alpha)
+        return box
+
+    def _track_lip_colour(self, track: int, image: np.ndarray, landmarks: np.ndarray):
+        """Lip colour of this face, averaged over time so the painted cavity does not flicker."""
+        outer = landmarks[list(LIPS_UPPER_OUTER[1:-1] + LIPS_LOWER_OUTER[1:-1])]
+        inner = landmarks[list(LIPS_UPPER_INNER[1:-1] + LIPS_LOWER_INNER[1:-1])]
+        mid = np.round((outer + inner) / 2.0).astype(int)
+        h, w = image.shape[:2]
+        mid[:, 0] = np.clip(mid[:, 0], 0, w - 1)
+        mid[:, 1] = np.clip(mid[:, 1], 0, h - 1)
+        sample = image[mid[:, 1], mid[:, 0]].astype(np.float32).mean(axis=0)
+
+        previous = self._lip_rgb.get(track)
+        colour = sample if previous is None else 0.9 * previous + 0.1 * sample
+        self._lip_rgb[track] = colour
+        return colour
+
+
+def _mask_box(landmarks, frame: MouthFrame, shape) -> tuple[int, int, int, int] | None:
+    """Pixel box of the lower-face mask plus its feather, clipped to the image."""
+    polygon = lower_face_polygon(landmarks)
+    pad = 3.0 * FEATHER * frame.width + 2
+    h, w = shape[:2]
+    x0 = int(max(np.floor(polygon[:, 0].min() - pad), 0))
+    y0 = int(max(np.floor(polygon[:, 1].min() - pad), 0))
+    x1 = int(min(np.ceil(polygon[:, 0].max() + pad), w))
+    y1 = int(min(np.ceil(polygon[:, 1].max() + pad), h))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    return x0, y0, x1, y1
+
+
+def _control_moves(landmarks, frame: MouthFrame, opening: float) -> _Controls:
+    """Control points, their moves (px), reaches and sides, plus the new inner-lip loop.
+
+    Each inner-lip pair (upper and lower point at the same place across the mouth) is moved
+    apart or together until its gap matches a lens-shaped profile whose centre is
+    ``opening``; the outer lip follows its inner edge and the chin follows the lower lip.
+    """
+    width, v = frame.width, frame.v
+    upper_in = landmarks[list(LIPS_UPPER_INNER)]
+    lower_in = landmarks[list(LIPS_LOWER_INNER)]
+    local_up = frame.to_local(upper_in)
+    local_lo = frame.to_local(lower_in)
+
+    across = np.clip(local_up[:, 0] / (0.5 * width), -1.0, 1.0)
+    profile = np.sqrt(1.0 - across**2)
+    gap = np.maximum(local_lo[:, 1] - local_up[:, 1], 0.0)
+    change = opening * profile - gap
+    change[[0, -1]] = 0.0  # the inner corners stay where they are
+
+    down = change[:, None] * v[None, :]
+    moves_lo, moves_up = LOWER_SHARE * down, -UPPER_SHARE * down
+    mid = change[len(change) // 2]
+
+    up, lo, both = _UPPER, _LOWER, _UPPER | _LOWER
+    groups = [
+        (upper_in[1:-1], moves_up[1:-1], 0.06, up),
+        (lower_in[1:-1], moves_lo[1:-1], 0.06, lo),
+        (landmarks[list(LIPS_UPPER_OUTER[1:-1])], 0.9 * moves_up[1:-1], 0.08, up),
+        (landmarks[list(LIPS_LOWER_OUTER[1:-1])], 0.95 * moves_lo[1:-1], 0.08, lo),
+    ]
+    chin = landmarks[list(CHIN_MIDLINE)]
+    chin_moves = LOWER_SHARE * mid * np.asarray(CHIN_FOLLOW)[:, None] * v[None, :]
+    groups.append((chin, chin_moves, 0.18, lo))
+
+    # The jaw line: the chin moves with the lower lip, the angles of the jaw hardly move.
+    jaw = landmarks[[i for i in JAW if i != CHIN]]
+    reach = np.abs(frame.to_local(jaw)[:, 0]) / (0.5 * width)
+    jaw_follow = np.clip(1.0 - (reach - 0.6) / 1.4, 0.0, 1.0) * 0.85
+    groups.append((jaw, LOWER_SHARE * mid * jaw_follow[:, None] * v[None, :], 0.2, lo))
+
+    # Anchors that hold the rest of the face still: the corners, the nose base, the cheeks,
+    # and a ring below the chin so the neck stretches as little as it can.
+    corners = landmarks[[MOUTH_LEFT, MOUTH_RIGHT]]
+    still = landmarks[list(STILL)]
+    offsets = np.array([[-0.5], [0.0], [0.5]])
+    below = landmarks[CHIN] + v * 0.45 * width + frame.u * offsets * width
+    for anchors, reach_w, side in ((corners, 0.06, both), (still, 0.2, both), (below, 0.15, lo)):
+        groups.append((anchors, np.zeros_like(anchors), reach_w, side))
+
+    points = np.concatenate([g[0] for g in groups]).astype(np.float64)
+    moves = np.concatenate([g[1] for g in groups]).astype(np.float64)
+    sigmas = np.concatenate([np.full(len(g[0]), g[2] * width) for g in groups])
+    sides = np.concatenate([np.full(len(g[0]), g[3]) for g in groups])
+
+    new_up, new_lo = upper_in + moves_up, lower_in + moves_lo
+    seam = frame.to_local((new_up + new_lo) / 2.0)
+    inner = np.concatenate([new_up, new_lo[::-1]])
+    return _Controls(points + moves, moves, sigmas, sides, seam[np.argsort(seam[:, 0])], inner)
+
+
+def _warp_roi(image, box, controls: _Controls, frame: MouthFrame) -> np.ndarray:
+    """The box of ``image`` after the warp: each output pixel samples where it came from.
+
+    The lips part (or close) along a seam, so one smooth field cannot describe the move:
+    points above the new seam follow the upper lip's controls, points below it the lower
+    lip's and the jaw's. Each field is smooth on its own; the seam between them is where
+    the painted mouth opening (or the closed lips' meeting line) lies.
+    """
+    x0, y0, x1, y1 = box
+    gx = np.arange(x0, x1 + GRID_STEP, GRID_STEP, dtype=np.float64)
+    gy = np.arange(y0, y1 + GRID_STEP, GRID_STEP, dtype=np.float64)
+
+    # Grid node k sits at k * step: interpolate each coarse field to every pixel of the box.
+    scale = 1.0 / GRID_STEP
+    xs = (np.arange(x1 - x0, dtype=np.float32) * scale)[None, :].repeat(y1 - y0, 0)
+    ys = (np.arange(y1 - y0, dtype=np.float32) * scale)[:, None].repeat(x1 - x0, 1)
+    fields = []
+    for side in (_UPPER, _LOWER):
+        pick = (controls.sides & side) > 0
+        coarse = displacement_field(
+            gx, gy, controls.targets[pick], controls.moves[pick], controls.sigmas[pick], 0.02
+        )
+        fields.append(cv2.remap(coarse, xs, ys, cv2.INTER_LINEAR))
+
+    # Which side of the new seam each pixel is on, in the mouth's own frame.
+    px = np.arange(x0, x1, dtype=np.float64)[None, :] - frame.center[0]
+    py = np.arange(y0, y1, dtype=np.float64)[:, None] - frame.center[1]
+    u = px * frame.u[0] + py * frame.u[1]
+    v = px * frame.v[0] + py * frame.v[1]
+    below = v > np.interp(u, controls.seam[:, 0], controls.seam[:, 1])
+    shift = np.where(below[..., None], fields[1], fields[0])
+
+    map_x = np.arange(x0, x1, dtype=np.float32)[None, :] - shift[..., 0]
+    map_y = np.arange(y0, y1, dtype=np.float32)[:, None] - shift[..., 1]
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _paint_mouth_inside(roi, box, inner, frame: MouthFrame, lip_rgb) -> None:
+    """Paint the opened mouth: a dark cavity, a band of upper teeth under the upper lip."""
+    x0, y0 = box[0], box[1]
+    gap = float((inner[len(inner) - 1 - len(inner) // 4] - inner[len(inner) // 4]) @ frame.v)
+    if gap < 1.0:
+        return
+
+    shift = 2  # fillPoly's fixed-point bits: quarter-pixel edges, smoother outlines
+    loop = np.round((inner - (x0, y0)) * (1 << shift)).astype(np.int32)
+    cavity = np.zeros(roi.shape[:2], dtype=np.uint8)
+    cv2.fillPoly(cavity, [loop], 255, lineType=cv2.LINE_AA, shift=shift)
+
+    half = len(inner) // 2
+    upper = inner[: half + 1] if len(inner) % 2 == 0 else inner[:half]
+    teeth_h = min(0.35 * gap, 0.08 * frame.width)
+    teeth_loop = np.concatenate([upper, (upper + frame.v * teeth_h)[::-1]])
+    teeth = np.zeros_like(cavity)
+    tl = np.round((teeth_loop - (x0, y0)) * (1 << shift)).astype(np.int32)
+    cv2.fillPoly(teeth, [tl], 255, lineType=cv2.LINE_AA, shift=shift)
+
+    soft = max(0.6, 0.01 * frame.width)
+    cavity_a = cv2.GaussianBlur(cavity.astype(np.float32) / 255.0, (0, 0), soft)
+    teeth_a = cv2.GaussianBlur(teeth.astype(np.float32) / 255.0, (0, 0), soft) * cavity_a
+
+    # A shadowed, slightly red interior reads as a mouth; pure black reads as a hole.
+    dark = np.clip(np.asarray(lip_rgb, dtype=np.float32) * (0.42, 0.3, 0.3), 0, 255)
+    fill = np.empty_like(roi)
+    fill[:] = dark.astype(np.uint8)
+    blend_masked(roi, fill, cavity_a.astype(np.float32))
+
+    # Teeth are shaded by the lip colour's brightness so they sit in the scene's lighting.
+    light = float(np.clip(np.mean(lip_rgb) / 130.0, 0.7, 1.0))
+    fill[:] = np.clip(TEETH_RGB * light, 0, 255).astype(np.uint8)
+    blend_masked(roi, fill, (0.9 * teeth_a).astype(np.float32))
+
+
+def _mask_alpha(landmarks, frame: MouthFrame, box) -> np.ndarray:
+    """Feathered lower-face mask over the box; exactly zero where nothing may change."""
+    x0, y0, x1, y1 = box
+    polygon = lower_face_polygon(landmarks) - (x0, y0)
+    mask = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1.0)
+    alpha = cv2.GaussianBlur(mask, (0, 0), FEATHER * frame.width)
+    alpha[alpha < 1.0 / 512.0] = 0.0
+    return alpha
+
+
+def lower_face_alpha(landmarks: np.ndarray, shape) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The mask e1 blends through, for one face: its box and the (h, w) alpha inside it.
+
+    Public so tests and the evaluator can tell which pixels the renderer may touch.
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float64)
+    frame = mouth_frame(landmarks)
+    box = _mask_box(landmarks, frame, shape)
+    if box is None:
+        return (0, 0, 0, 0), np.zeros((0, 0), dtype=np.float32)
+    return box, _mask_alpha(landmarks, frame, box)
