@@ -19,10 +19,12 @@ def shared_media() -> Path:
     return SHARED_MEDIA
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache folder, so no test sees another's cached scenes."""
-    monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path_factory.mktemp("lipsync_home")))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """The test session caches in a folder of its own, never in the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LIPSYNC_HOME", str(tmp_path_factory.mktemp("lipsync_home")))
+        yield
 
 
 def face_landmarks(image: np.ndarray) -> np.ndarray | None:
