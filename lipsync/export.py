@@ -217,6 +217,7 @@ class VideoWriter:
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._temp: Path | None = None
+        self._frame_ticks: dict[int, int] = {}  # pts -> this frame's duration, until muxed
         self._check_output()
 
     def __enter__(self) -> VideoWriter:
@@ -262,6 +263,7 @@ class VideoWriter:
 
         video_frame = self._to_video_frame(frame)
         video_frame.pts = int(self.timeline.pts[index])
+        self._frame_ticks[video_frame.pts] = self._ticks(index)
         video_frame.time_base = self.timeline.time_base
         try:
             self._mux(self._video.encode(video_frame))
@@ -358,7 +360,20 @@ class VideoWriter:
             dst_color_range=colors.color_range if colors.color_range in (1, 2) else None,
         )
 
+    def _ticks(self, index: int) -> int:
+        """Duration of timeline frame ``index`` in the time base: up to the next frame's pts."""
+        pts = self.timeline.pts
+        if index + 1 < len(pts):
+            return int(pts[index + 1] - pts[index])
+        end = round(self.timeline.duration / float(self.timeline.time_base))
+        return max(int(end - pts[index]), 1)
+
     def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            # The encoder gives every frame the average duration; the timeline knows each
+            # frame's own, and the last one sets the stream's length (and so its frame rate).
+            if packet.stream is self._video and packet.pts is not None:
+                packet.duration = self._frame_ticks.pop(int(packet.pts), packet.duration)
         if packets:
             self._container.mux(packets)
 

@@ -1,0 +1,271 @@
+"""The command line: ``python -m lipsync dub | inspect | demo``.
+
+All printing and exit codes live here; the library only returns results and raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import __version__
+from .errors import (
+    DataCorruptedError,
+    InvalidFormatError,
+    InvalidOptionError,
+    LimitExceededError,
+    LipsyncError,
+    NoFaceFoundError,
+)
+
+# One exit status per error class, so scripts can tell failures apart without parsing text.
+EXIT_CODES: dict[type[LipsyncError], int] = {
+    InvalidOptionError: 2,
+    InvalidFormatError: 3,
+    DataCorruptedError: 4,
+    NoFaceFoundError: 5,
+    LimitExceededError: 6,
+}
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO)
+
+    try:
+        return args.run(args)
+    except LipsyncError as exc:
+        print(f"error: {exc.code} {exc.name}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def exit_code(exc: LipsyncError) -> int:
+    """The process exit status for a library error."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lipsync",
+        description="Local, offline visual dubbing: make a speaker's mouth follow a new voice.",
+    )
+    parser.add_argument("--version", action="version", version=f"lipsync {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dub = commands.add_parser("dub", help="dub a video with a new voice track")
+    dub.add_argument("video", type=Path, help="talking-head video (.mp4 or .mov)")
+    dub.add_argument("audio", type=Path, help="new voice (.wav, .mp3, or a video's soundtrack)")
+    dub.add_argument("-o", "--output", type=Path, help="output video (default: VIDEO_dubbed.mp4)")
+    _add_dub_options(dub)
+    dub.set_defaults(run=_run_dub)
+
+    inspect = commands.add_parser("inspect", help="list a video's scenes and faces")
+    inspect.add_argument("video", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--faces", type=_faces_arg, default="largest", metavar="WHICH")
+    inspect.add_argument("--no-cache", action="store_true", help="recompute the scene list")
+    inspect.set_defaults(run=_run_inspect)
+
+    demo = commands.add_parser("demo", help="build a sample input and dub it")
+    demo.add_argument("-o", "--output-dir", type=Path, default=Path("lipsync-demo"))
+    demo.add_argument("--intensity", type=int, choices=(1, 2, 3), default=2)
+    demo.add_argument("--seconds", type=float, default=4.0, help="length of the sample video")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _add_dub_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--intensity", type=int, choices=(1, 2, 3), default=2)
+    sub.add_argument("--model", default="e1", help="generator: e1 (built in)")
+    sub.add_argument(
+        "--faces", type=_faces_arg, default="largest", help="largest (default), all, or an index"
+    )
+    sub.add_argument("--length", choices=("video", "audio"), default="video")
+    sub.add_argument("--crf", type=int, default=18, help="x264 quality (18: visually lossless)")
+    sub.add_argument("--preset", default="veryfast", help="x264 preset")
+    sub.add_argument("--max-duration", type=float, default=3600.0, help="seconds (ERR_009)")
+    sub.add_argument("--workers", type=int, help="face-analysis processes (default: all cores)")
+    sub.add_argument("--no-cache", action="store_true", help="recompute the scene list")
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _faces_arg(value: str) -> str | int:
+    if value in ("largest", "all"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("use 'largest', 'all' or a face index") from None
+
+
+class _Bars:
+    """One progress bar per phase, opened when the phase first reports."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(phase)
+        if bar is None:
+            bar = self.bars[phase] = tqdm(total=total, desc=f"{phase:>8}", unit="frame")
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _run_dub(args: argparse.Namespace) -> int:
+    from .pipeline import dub
+
+    bars = _Bars(enabled=not (args.quiet or args.json))
+    try:
+        result = dub(
+            args.video,
+            args.audio,
+            intensity=args.intensity,
+            model=args.model,
+            output=args.output,
+            progress=bars,
+            faces=args.faces,
+            length=args.length,
+            crf=args.crf,
+            preset=args.preset,
+            max_duration=args.max_duration,
+            workers=args.workers,
+            use_cache=not args.no_cache,
+        )
+    finally:
+        bars.close()
+
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+    else:
+        print(_result_text(result))
+    return 0
+
+
+def _result_json(result) -> dict:
+    return {
+        "output": str(result.output),
+        "duration": round(result.duration, 3),
+        "frames_written": result.frames_written,
+        "frames_changed": result.frames_changed,
+        "frames_with_face": result.frames_with_face,
+        "faces_found": result.faces_found,
+        "scenes": len(result.scenes),
+        "scenes_from_cache": result.scenes_from_cache,
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+    }
+
+
+def _result_text(result) -> str:
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items() if k != "total")
+    return (
+        f"wrote {result.output}\n"
+        f"  {result.frames_written} frames ({result.duration:.2f} s), "
+        f"{result.frames_changed} re-rendered; {len(result.scenes)} scene(s)"
+        f"{' (cached)' if result.scenes_from_cache else ''}, {result.faces_found} face track(s)\n"
+        f"  {phases}; total {result.timings['total']:.1f}s"
+    )
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .faces import detect_faces
+    from .media import validate_video
+    from .scenes import detect_scenes
+
+    info = validate_video(args.video)
+    scenes = detect_scenes(info, use_cache=not args.no_cache)
+    faces = detect_faces(info, scenes.scenes, select=args.faces)
+
+    rows = []
+    for scene in scenes.scenes:
+        with_face = sum(1 for i in range(scene.start, scene.end) if faces.tracks_at(i))
+        rows.append(
+            {
+                "scene": scene.index,
+                "start_frame": scene.start,
+                "end_frame": scene.end,
+                "start_time": round(scene.start_time, 3),
+                "end_time": round(scene.end_time, 3),
+                "faces": faces.faces_in_scene(scene.index),
+                "frames_with_face": with_face,
+            }
+        )
+
+    if args.json:
+        summary = {
+            "video": str(args.video),
+            "width": info.width,
+            "height": info.height,
+            "fps": float(info.fps),
+            "frames": info.frame_count,
+            "duration": round(info.duration, 3),
+            "rotation": info.rotation,
+            "scenes": rows,
+        }
+        print(json.dumps(summary, indent=2))
+        return 0
+
+    print(
+        f"{args.video.name}: {info.width}x{info.height}, {float(info.fps):.3f} fps, "
+        f"{info.frame_count} frames, {info.duration:.2f} s"
+        + (f", rotation {info.rotation}" if info.rotation else "")
+    )
+    print(f"{'scene':>5}  {'frames':>13}  {'time (s)':>15}  {'faces':>5}  {'with face':>9}")
+    for row in rows:
+        frames = f"{row['start_frame']}-{row['end_frame'] - 1}"
+        times = f"{row['start_time']:.2f}-{row['end_time']:.2f}"
+        print(
+            f"{row['scene']:>5}  {frames:>13}  {times:>15}  {row['faces']:>5}  "
+            f"{row['frames_with_face']:>9}"
+        )
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import make_demo_inputs
+    from .pipeline import dub
+    from .report import contact_sheet
+
+    folder = args.output_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    inputs = make_demo_inputs(folder, seconds=args.seconds)
+    output = folder / "demo_dubbed.mp4"
+
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        result = dub(
+            inputs.video, inputs.audio, intensity=args.intensity, output=output, progress=bars
+        )
+    finally:
+        bars.close()
+
+    sheet = contact_sheet(inputs.video, output, folder / "demo_contact.png")
+    print(f"sample video: {inputs.video}\nsample voice: {inputs.audio}")
+    print(_result_text(result))
+    print(f"contact sheet (original above, dubbed below): {sheet}")
+    return 0

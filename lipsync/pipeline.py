@@ -1,0 +1,248 @@
+"""``dub``: the four phases composed into one call.
+
+scenes -> faces -> generate -> export. Frames stream from the decoder through the generator
+to the encoder in small batches, so memory does not grow with the video's length; only the
+face landmarks (a few floats per frame) are kept for the whole video.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .audio import analyze
+from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
+from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
+from .faces import FaceResult, detect_faces
+from .generators import FaceFrame, Generator, get_generator
+from .media import PathLike, iter_frame_sequence, load_audio, probe_audio, validate_video
+from .scenes import Scene, detect_scenes
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+PHASES = ("scenes", "faces", "generate", "export")
+
+
+@dataclass(frozen=True)
+class DubOptions:
+    """Everything ``dub`` can be told beyond its inputs; each field has a sane default."""
+
+    intensity: int = 2  # 1 subtle, 2 normal, 3 strong mouth motion
+    model: str = "e1"  # generator name from the registry
+    faces: str | int = "largest"  # "largest", "all", or the k-th face by size (0 = largest)
+    length: str = "video"  # "video": as long as the video; "audio": as long as the audio
+    crf: int = 18  # x264 quality; 18 is visually lossless
+    preset: str = "veryfast"  # x264 speed/size trade-off
+    max_duration: float | None = 3600.0  # seconds; longer inputs are refused (ERR_009)
+    scene_threshold: float = 27.0  # PySceneDetect content threshold for a cut
+    workers: int | None = None  # face-analysis processes; None = one per core
+    use_cache: bool = True  # reuse the scene list of a video seen before
+    batch_size: int = 16  # frames handed to the generator at once
+
+    def validate(self) -> None:
+        if self.intensity not in (1, 2, 3):
+            raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {self.intensity!r}")
+        if self.length not in LENGTH_POLICIES:
+            allowed = ", ".join(LENGTH_POLICIES)
+            raise InvalidOptionError(f"length must be one of {allowed}, got {self.length!r}")
+        if not (isinstance(self.faces, int) or self.faces in ("largest", "all")):
+            raise InvalidOptionError(
+                f"faces must be 'largest', 'all' or a face index, got {self.faces!r}"
+            )
+        if not 0 <= self.crf <= 51:
+            raise InvalidOptionError(f"crf must be between 0 and 51, got {self.crf!r}")
+        if self.batch_size < 1:
+            raise InvalidOptionError(f"batch_size must be at least 1, got {self.batch_size!r}")
+
+
+@dataclass
+class DubResult:
+    """What a finished dub produced, and how long each phase took."""
+
+    output: Path  # the written video
+    timings: dict[str, float]  # seconds per phase, plus "total"
+    scenes: list[Scene]  # the scene list phase 1 found (or took from the cache)
+    scenes_from_cache: bool  # phase 1 was skipped because this video was seen before
+    faces_found: int  # face tracks across all scenes
+    frames_with_face: int  # source frames on which a face was tracked
+    frames_changed: int  # output frames the generator re-rendered
+    frames_written: int  # output frames in total
+    duration: float  # output duration in seconds
+    timeline: dict[str, float] = field(default_factory=dict)  # fps and sizes, for reports
+
+
+def dub(
+    video: PathLike,
+    audio: PathLike,
+    intensity: int = 2,
+    model: str = "e1",
+    output: PathLike | None = None,
+    *,
+    progress: Progress | None = None,
+    **options,
+) -> DubResult:
+    """Re-render the speaker's mouth in ``video`` to follow ``audio``; write and describe it.
+
+    ``output`` defaults to ``<video name>_dubbed.mp4`` in the current folder. Other keyword
+    options are the fields of :class:`DubOptions`. Raises a :class:`LipsyncError` subclass
+    for every failure; the inputs are only read, and on failure no output file is left.
+    """
+    unknown = set(options) - {f.name for f in fields(DubOptions)}
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    opts = DubOptions(intensity=intensity, model=model, **options)
+
+    try:
+        return _dub(Path(video), Path(audio), output, opts, progress)
+    except LipsyncError:
+        raise
+    except MemoryError as exc:
+        raise InternalError("ran out of memory while dubbing") from exc
+    except Exception as exc:  # anything else is our bug: report it with the generic code
+        logger.exception("unexpected failure")
+        raise InternalError(f"unexpected failure: {type(exc).__name__}: {exc}") from exc
+
+
+def _dub(
+    video: Path, audio: Path, output: PathLike | None, opts: DubOptions, progress
+) -> DubResult:
+    opts.validate()
+    generator = get_generator(opts.model, intensity=opts.intensity)
+    out_path = Path(output) if output is not None else Path.cwd() / f"{video.stem}_dubbed.mp4"
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    info = validate_video(video, max_duration=opts.max_duration)
+    audio_info = probe_audio(audio, max_duration=opts.max_duration)
+    logger.info("dubbing %s (%d frames) with %s", video.name, info.frame_count, audio.name)
+
+    with _timed(timings, "scenes"):
+        scene_list = detect_scenes(
+            info,
+            threshold=opts.scene_threshold,
+            use_cache=opts.use_cache,
+            progress=_phase(progress, "scenes"),
+        )
+
+    with _timed(timings, "faces"):
+        faces = detect_faces(
+            info,
+            scene_list.scenes,
+            select=opts.faces,
+            workers=opts.workers,
+            progress=_phase(progress, "faces"),
+        )
+    if faces.frames_with_face == 0:
+        raise NoFaceFoundError(
+            f"no face found in any of the {len(scene_list.scenes)} scene(s) of {video.name}",
+            hint="the speaker's face must be visible, frontal or three-quarter, and not tiny",
+        )
+
+    timeline = plan_timeline(info, audio_info.duration, opts.length)
+    with _timed(timings, "generate"):
+        wav16, _ = load_audio(audio, rate=16000, mono=True)
+        generator.prepare(analyze(wav16[0], timeline.times))
+    samples, rate = load_audio(audio)
+
+    settings = EncodeSettings(crf=opts.crf, preset=opts.preset)
+    export_started = time.perf_counter()
+    with VideoWriter(out_path, info, timeline, settings, audio=(samples, rate)) as writer:
+        frames = iter_frame_sequence(info, timeline.source_index)
+        total = len(timeline.source_index)
+        changed, generate_s = _stream(
+            frames, total, faces, generator, writer, opts.batch_size, _phase(progress, "export")
+        )
+    # Phases 3 and 4 run interleaved; the generator's share is timed inside the loop.
+    timings["generate"] += generate_s
+    timings["export"] = time.perf_counter() - export_started - generate_s
+
+    timings["total"] = time.perf_counter() - started
+    logger.info("wrote %s in %.1f s", out_path, timings["total"])
+    return DubResult(
+        output=out_path,
+        timings=timings,
+        scenes=scene_list.scenes,
+        scenes_from_cache=scene_list.from_cache,
+        faces_found=len(faces.tracks),
+        frames_with_face=faces.frames_with_face,
+        frames_changed=changed,
+        frames_written=len(timeline.source_index),
+        duration=timeline.duration,
+        timeline={"fps": float(info.fps), "width": info.width, "height": info.height},
+    )
+
+
+def _stream(frames, total, faces: FaceResult, generator: Generator, writer, batch_size, progress):
+    """Decode a batch, re-render the faces in it, encode it; returns (changed, generate_s)."""
+    changed = written = 0
+    generate_s = 0.0
+
+    for batch in _batches(frames, batch_size):
+        images, face_frames = _prepare_batch(batch, faces)
+
+        tick = time.perf_counter()
+        if face_frames:
+            generator.render(face_frames)
+        generate_s += time.perf_counter() - tick
+
+        for (_, _, frame), image in zip(batch, images, strict=True):
+            writer.write(frame if image is None else image)
+        changed += sum(image is not None for image in images)
+        written += len(batch)
+        if progress:
+            progress(written, total)
+
+    return changed, generate_s
+
+
+def _prepare_batch(batch, faces: FaceResult):
+    """RGB arrays for the frames that show a face (others stay as decoded frames)."""
+    images: list[np.ndarray | None] = []
+    face_frames: list[FaceFrame] = []
+    for out_index, source_index, frame in batch:
+        tracks = faces.tracks_at(source_index)
+        if not tracks:
+            images.append(None)
+            continue
+        image = frame.to_ndarray(format="rgb24")
+        images.append(image)
+        for track, landmarks in tracks:
+            face_frames.append(FaceFrame(image, landmarks, out_index, track))
+    return images, face_frames
+
+
+def _batches(
+    frames: Iterator[tuple[int, av.VideoFrame]], size: int
+) -> Iterator[list[tuple[int, int, av.VideoFrame]]]:
+    """Group (source index, frame) pairs into lists of (output index, source index, frame)."""
+    batch: list[tuple[int, int, av.VideoFrame]] = []
+    for out_index, (source_index, frame) in enumerate(frames):
+        batch.append((out_index, source_index, frame))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _phase(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str):
+    tick = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - tick
