@@ -21,6 +21,7 @@ from .errors import (
     MissingDependencyError,
     NoFaceFoundError,
 )
+
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -36,6 +37,7 @@ def __getattr__(name: str):
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'lipsync' has no attribute {name!r}")
+
 
 __all__ = [
     "DataCorruptedError",
