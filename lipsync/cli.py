@@ -117,24 +117,27 @@ def _faces_arg(value: str) -> str | int:
 
 
 class _Bars:
-    """One progress bar per phase, opened when the phase first reports."""
+    """One progress bar per phase, one line each: a phase's bar closes when the next begins."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bars: dict[str, tqdm] = {}
+        self.phase: str | None = None
+        self.bar: tqdm | None = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        bar = self.bars.get(phase)
-        if bar is None:
-            bar = self.bars[phase] = tqdm(total=total, desc=f"{phase:>8}", unit="frame")
-        bar.total = total
-        bar.update(done - bar.n)
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=f"{phase:>8}", unit="frame", leave=True)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _run_dub(args: argparse.Namespace) -> int:
