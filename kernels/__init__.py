@@ -5,6 +5,6 @@ compiled hot paths sit apart from the pipeline code that calls them.
 """
 
 from .blend import blend_masked
-from .warp import displacement_field
+from .warp import displacement_field, seam_split_maps
 
-__all__ = ["blend_masked", "displacement_field"]
+__all__ = ["blend_masked", "displacement_field", "seam_split_maps"]

@@ -45,3 +45,75 @@ def displacement_field(
             out[i, j, 0] = dx / total
             out[i, j, 1] = dy / total
     return out
+
+
+@numba.njit(cache=True, fastmath=True)
+def seam_split_maps(
+    upper: np.ndarray,
+    lower: np.ndarray,
+    step: int,
+    x0: int,
+    y0: int,
+    width: int,
+    height: int,
+    frame: np.ndarray,
+    seam_u: np.ndarray,
+    seam_v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward sampling maps for a box, from two coarse displacement fields and a seam.
+
+    upper and lower are (gh, gw, 2) fields sampled every ``step`` px from (x0, y0). Each
+    pixel takes the field of its side of the seam: below when its v coordinate (along the
+    mouth frame ``frame`` = [cx, cy, ux, uy, vx, vy]) exceeds the seam's v at its u, the seam
+    being the polyline (seam_u, seam_v) sorted by u and held flat past its ends. Returns
+    (map_x, map_y), each (height, width) float32 absolute source coordinates for cv2.remap.
+    """
+    map_x = np.empty((height, width), dtype=np.float32)
+    map_y = np.empty((height, width), dtype=np.float32)
+    cx, cy, ux, uy, vx, vy = frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]
+    inv = 1.0 / step
+    gh, gw = upper.shape[0], upper.shape[1]
+    last = seam_u.shape[0] - 1
+
+    for i in range(height):
+        fy = i * inv
+        iy = min(int(fy), gh - 2)
+        ty = fy - iy
+        py = y0 + i - cy
+        for j in range(width):
+            fx = j * inv
+            ix = min(int(fx), gw - 2)
+            tx = fx - ix
+
+            px = x0 + j - cx
+            u = px * ux + py * uy
+            v = px * vx + py * vy
+            if u <= seam_u[0]:
+                limit = seam_v[0]
+            elif u >= seam_u[last]:
+                limit = seam_v[last]
+            else:
+                k = np.searchsorted(seam_u, u) - 1
+                t = (u - seam_u[k]) / max(seam_u[k + 1] - seam_u[k], 1e-9)
+                limit = seam_v[k] + t * (seam_v[k + 1] - seam_v[k])
+            field = lower if v > limit else upper
+
+            w00 = (1.0 - tx) * (1.0 - ty)
+            w01 = tx * (1.0 - ty)
+            w10 = (1.0 - tx) * ty
+            w11 = tx * ty
+            dx = (
+                w00 * field[iy, ix, 0]
+                + w01 * field[iy, ix + 1, 0]
+                + w10 * field[iy + 1, ix, 0]
+                + w11 * field[iy + 1, ix + 1, 0]
+            )
+            dy = (
+                w00 * field[iy, ix, 1]
+                + w01 * field[iy, ix + 1, 1]
+                + w10 * field[iy + 1, ix, 1]
+                + w11 * field[iy + 1, ix + 1, 1]
+            )
+            map_x[i, j] = x0 + j - dx
+            map_y[i, j] = y0 + i - dy
+    return map_x, map_y

@@ -20,6 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from .errors import InternalError, InvalidFormatError, InvalidOptionError
 from .media import (
@@ -218,6 +219,8 @@ class VideoWriter:
         self._video: av.VideoStream | None = None
         self._temp: Path | None = None
         self._frame_ticks: dict[int, int] = {}  # pts -> this frame's duration, until muxed
+        self._to_yuv = VideoReformatter()
+        self._to_rgb = VideoReformatter()
         self._check_output()
 
     def __enter__(self) -> VideoWriter:
@@ -339,7 +342,7 @@ class VideoWriter:
                 # Re-encode the decoded picture as it is: no round trip through RGB.
                 frame.pict_type = PictureType.NONE
                 return frame
-            frame = frame_to_rgb(frame)
+            frame = frame_to_rgb(frame, reformatter=self._to_rgb)
 
         image = np.asarray(frame)
         if image.shape != (self.info.height, self.info.width, 3) or image.dtype != np.uint8:
@@ -354,7 +357,9 @@ class VideoWriter:
 
         colors = self.info.colors
         rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        return rgb.reformat(
+        # One scaler for the whole file: building one per frame costs a few ms at 1080p.
+        return self._to_yuv.reformat(
+            rgb,
             format=self.settings.pix_fmt,
             dst_colorspace=_SWS_MATRIX.get(colors.colorspace),
             dst_color_range=colors.color_range if colors.color_range in (1, 2) else None,
@@ -528,7 +533,8 @@ def transcode_passthrough(
 
     audio_duration = info.duration if audio is None else audio[0].shape[-1] / audio[1]
     timeline = plan_timeline(info, audio_duration, policy)
+    to_rgb = VideoReformatter()
     with VideoWriter(output, info, timeline, settings, audio=audio) as writer:
         for _, frame in iter_frame_sequence(info, timeline.source_index):
-            writer.write(frame_to_rgb(frame))
+            writer.write(frame_to_rgb(frame, reformatter=to_rgb))
     return writer.frames_written

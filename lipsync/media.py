@@ -21,6 +21,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .errors import DataCorruptedError, InvalidFormatError, LimitExceededError
 
@@ -416,15 +417,21 @@ def iter_video_frames(
             yield index, frame
 
 
-def frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None = None) -> np.ndarray:
+def frame_to_rgb(
+    frame: av.VideoFrame,
+    size: tuple[int, int] | None = None,
+    reformatter: VideoReformatter | None = None,
+) -> np.ndarray:
     """(h, w, 3) uint8 RGB of a decoded frame, through the matrix its colour tags name.
 
     The export phase converts RGB back with the same matrix, so a frame that goes through
-    RGB and back keeps its colours. ``size=(w, h)`` scales it in the same step.
+    RGB and back keeps its colours. ``size=(w, h)`` scales it in the same step. Pass one
+    ``reformatter`` for a whole pass: building a scaler per frame costs more than using it.
     """
-    if size is None:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+    width, height = size if size is not None else (None, None)
+    if reformatter is None:
+        return frame.to_ndarray(format="rgb24", width=width, height=height)
+    return reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
 
 
 def iter_frames(
@@ -439,9 +446,10 @@ def iter_frames(
     indices: list[int] = []
     images: list[np.ndarray] = []
 
+    reformatter = VideoReformatter()
     for index, frame in iter_video_frames(info, start, stop):
         indices.append(index)
-        images.append(frame_to_rgb(frame, size))
+        images.append(frame_to_rgb(frame, size, reformatter))
         if len(indices) == batch_size:
             yield FrameBatch(np.asarray(indices, dtype=np.int64), np.stack(images))
             indices, images = [], []

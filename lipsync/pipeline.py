@@ -22,7 +22,15 @@ from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFound
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
 from .generators import FaceFrame, Generator, get_generator
-from .media import PathLike, iter_frame_sequence, load_audio, probe_audio, validate_video
+from .media import (
+    PathLike,
+    frame_to_rgb,
+    iter_frame_sequence,
+    load_audio,
+    probe_audio,
+    validate_video,
+)
+from .patches import PATCHABLE, FramePatch, PatchConverter, union_box
 from .scenes import Scene, detect_scenes
 
 logger = logging.getLogger(__name__)
@@ -184,18 +192,25 @@ def _stream(frames, total, faces: FaceResult, generator: Generator, writer, batc
     """Decode a batch, re-render the faces in it, encode it; returns (changed, generate_s)."""
     changed = written = 0
     generate_s = 0.0
+    converter = PatchConverter()
 
     for batch in _batches(frames, batch_size):
-        images, face_frames = _prepare_batch(batch, faces)
+        edits, face_frames = _prepare_batch(batch, faces, generator, converter)
 
         tick = time.perf_counter()
         if face_frames:
             generator.render(face_frames)
         generate_s += time.perf_counter() - tick
 
-        for (_, _, frame), image in zip(batch, images, strict=True):
-            writer.write(frame if image is None else image)
-        changed += sum(image is not None for image in images)
+        for (_, _, frame), edit in zip(batch, edits, strict=True):
+            if isinstance(edit, FramePatch):
+                changed += converter.paste(frame, edit) > 0
+                writer.write(frame)
+            elif edit is not None:
+                changed += 1
+                writer.write(edit)
+            else:
+                writer.write(frame)
         written += len(batch)
         if progress:
             progress(written, total)
@@ -203,20 +218,34 @@ def _stream(frames, total, faces: FaceResult, generator: Generator, writer, batc
     return changed, generate_s
 
 
-def _prepare_batch(batch, faces: FaceResult):
-    """RGB arrays for the frames that show a face (others stay as decoded frames)."""
-    images: list[np.ndarray | None] = []
+def _prepare_batch(batch, faces: FaceResult, generator: Generator, converter: PatchConverter):
+    """What the generator edits on each frame of a batch, and the faces it is to render.
+
+    A 4:2:0 frame with a face gets an RGB patch around its faces' footprints (pasted back
+    after rendering); other pixel formats are converted whole; a frame without a face gets
+    None and is encoded as it was decoded.
+    """
+    edits: list[FramePatch | np.ndarray | None] = []
     face_frames: list[FaceFrame] = []
     for out_index, source_index, frame in batch:
         tracks = faces.tracks_at(source_index)
         if not tracks:
-            images.append(None)
+            edits.append(None)
             continue
-        image = frame.to_ndarray(format="rgb24")
-        images.append(image)
+
+        if frame.format.name in PATCHABLE:
+            shape = (frame.height, frame.width)
+            box = union_box([generator.footprint(landmarks, shape) for _, landmarks in tracks])
+            edit = converter.cut(frame, box)
+            image, origin = edit.rgb, np.array(edit.box[:2], dtype=np.float32)
+        else:
+            edit = image = frame_to_rgb(frame)
+            origin = np.zeros(2, dtype=np.float32)
+
+        edits.append(edit)
         for track, landmarks in tracks:
-            face_frames.append(FaceFrame(image, landmarks, out_index, track))
-    return images, face_frames
+            face_frames.append(FaceFrame(image, landmarks - origin, out_index, track))
+    return edits, face_frames
 
 
 def _batches(

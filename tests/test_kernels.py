@@ -44,3 +44,22 @@ def test_blend_writes_only_where_alpha_is_positive():
         src[8:20, 10:30].astype(np.float32) - before[8:20, 10:30]
     )
     assert np.abs(dst[8:20, 10:30] - np.round(expected)).max() <= 1
+
+
+def test_seam_split_maps_take_each_sides_field():
+    from lipsync.kernels import seam_split_maps
+
+    upper = np.zeros((8, 8, 2), np.float32)
+    lower = np.zeros((8, 8, 2), np.float32)
+    upper[..., 1] = -2.0  # the upper lip moves up by 2 px
+    lower[..., 1] = 3.0  # the lower lip moves down by 3 px
+    frame = np.array([10.0, 10.0, 1.0, 0.0, 0.0, 1.0])  # centre (10, 10), u = x, v = y
+    seam_u = np.array([-100.0, 100.0])
+    seam_v = np.array([0.5, 0.5])
+
+    map_x, map_y = seam_split_maps(upper, lower, 4, 0, 0, 20, 20, frame, seam_u, seam_v)
+
+    ys = np.arange(20, dtype=np.float32)[:, None]
+    assert np.allclose(map_x, np.arange(20)[None, :])
+    assert np.allclose(map_y[:11], (ys + 2.0)[:11].repeat(20, 1))  # v <= 0.5: upper field
+    assert np.allclose(map_y[11:], (ys - 3.0)[11:].repeat(20, 1))  # below the seam

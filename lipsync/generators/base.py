@@ -17,8 +17,8 @@ INTENSITIES = (1, 2, 3)
 class FaceFrame:
     """One face on one output frame, handed to a generator to re-render in place."""
 
-    image: np.ndarray  # (h, w, 3) uint8 RGB, the whole frame; the generator edits it in place
-    landmarks: np.ndarray  # (468, 2) float32 px, smoothed face-mesh landmarks of this face
+    image: np.ndarray  # (h, w, 3) uint8 RGB holding the face's footprint; edited in place
+    landmarks: np.ndarray  # (468, 2) float32 px in ``image``, smoothed face-mesh landmarks
     out_index: int  # position on the output timeline: which audio features apply
     track: int  # which face track this is, so a generator can keep per-face state
 
@@ -35,6 +35,14 @@ class Generator(ABC):
     @abstractmethod
     def prepare(self, audio: AudioFeatures) -> None:
         """Take the new audio's features, one row per output frame, before any render call."""
+
+    @abstractmethod
+    def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The box (x0, y0, x1, y1) of a frame of ``shape`` that rendering this face may change.
+
+        The pipeline hands ``render`` an image covering at least this box, so the rest of
+        the frame never has to leave the decoder's pixel format.
+        """
 
     @abstractmethod
     def render(self, faces: list[FaceFrame]) -> list[tuple[int, int, int, int]]:
