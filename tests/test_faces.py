@@ -348,7 +348,7 @@ def test_worker_count(monkeypatch, tiny_info, frame_count, cpus, workers, expect
     # A worker costs seconds to start: short videos stay in this process unless asked.
     used = []
 
-    def record(info, chunks, analysis_size, workers, progress):
+    def record(info, chunks, analysis_size, workers, progress, **_):
         used.append(workers)
         empty = (np.zeros(0, np.int64), np.zeros((0, 468, 2), np.float32))
         return [faces._Found(*empty) for _ in chunks]
