@@ -47,6 +47,11 @@ _SWS_MATRIX = {1: "ITU709", 4: "FCC", 5: "ITU601", 6: "SMPTE170M", 7: "SMPTE240M
 _CRF_ENCODERS = ("libx264", "libx265")
 
 
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     """How the output video and audio are encoded."""
@@ -62,6 +67,10 @@ class EncodeSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
             raise InvalidOptionError(f"crf must be between 0 and 51, got {self.crf!r}")
+        if self.codec in _CRF_ENCODERS and self.preset not in X264_PRESETS:
+            raise InvalidOptionError(
+                f"preset must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}"
+            )
         if self.audio_bitrate <= 0 or self.threads < 0:
             raise InvalidOptionError(
                 f"audio_bitrate must be positive and threads at least 0, "

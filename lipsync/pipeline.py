@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import av
@@ -35,8 +35,8 @@ from .scenes import Scene, detect_scenes
 
 logger = logging.getLogger(__name__)
 
+# progress(phase, done, total): phase is "scenes", "faces" or "export" (which also renders).
 Progress = Callable[[str, int, int], None]
-PHASES = ("scenes", "faces", "generate", "export")
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ class DubOptions:
     batch_size: int = 16  # frames handed to the generator at once
 
     def validate(self) -> None:
-        if self.intensity not in (1, 2, 3):
-            raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {self.intensity!r}")
+        """Refuse bad options before any work; the rest are checked where they are used."""
         if self.length not in LENGTH_POLICIES:
             allowed = ", ".join(LENGTH_POLICIES)
             raise InvalidOptionError(f"length must be one of {allowed}, got {self.length!r}")
@@ -65,8 +64,6 @@ class DubOptions:
             raise InvalidOptionError(
                 f"faces must be 'largest', 'all' or a face index, got {self.faces!r}"
             )
-        if not 0 <= self.crf <= 51:
-            raise InvalidOptionError(f"crf must be between 0 and 51, got {self.crf!r}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch_size must be at least 1, got {self.batch_size!r}")
 
@@ -84,7 +81,6 @@ class DubResult:
     frames_changed: int  # output frames the generator re-rendered
     frames_written: int  # output frames in total
     duration: float  # output duration in seconds
-    timeline: dict[str, float] = field(default_factory=dict)  # fps and sizes, for reports
 
 
 def dub(
@@ -123,6 +119,7 @@ def _dub(
     video: Path, audio: Path, output: PathLike | None, opts: DubOptions, progress
 ) -> DubResult:
     opts.validate()
+    settings = EncodeSettings(crf=opts.crf, preset=opts.preset)
     generator = get_generator(opts.model, intensity=opts.intensity)
     out_path = Path(output) if output is not None else Path.cwd() / f"{video.stem}_dubbed.mp4"
     timings: dict[str, float] = {}
@@ -160,7 +157,6 @@ def _dub(
         generator.prepare(analyze(wav16[0], timeline.times))
     samples, rate = load_audio(audio)
 
-    settings = EncodeSettings(crf=opts.crf, preset=opts.preset)
     export_started = time.perf_counter()
     with VideoWriter(out_path, info, timeline, settings, audio=(samples, rate)) as writer:
         frames = iter_frame_sequence(info, timeline.source_index)
@@ -184,7 +180,6 @@ def _dub(
         frames_changed=changed,
         frames_written=len(timeline.source_index),
         duration=timeline.duration,
-        timeline={"fps": float(info.fps), "width": info.width, "height": info.height},
     )
 
 

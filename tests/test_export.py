@@ -473,3 +473,12 @@ def test_passthrough_of_a_real_clip(shared_media: Path, tmp_path: Path) -> None:
     score, lag = similarity(original[0], copied[0])
     assert score > 0.9 and abs(lag) <= 16
     assert file_digest(source) == before
+
+
+def test_unknown_preset_is_refused_before_encoding():
+    from lipsync.errors import InvalidOptionError
+    from lipsync.export import EncodeSettings
+
+    with pytest.raises(InvalidOptionError, match="preset"):
+        EncodeSettings(preset="warp-speed")
+    assert EncodeSettings(preset="medium").preset == "medium"
