@@ -21,7 +21,7 @@ from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
-from .generators import FaceFrame, Generator, get_generator
+from .generators import FaceFrame, Generator, SourceVideo, get_generator
 from .media import (
     PathLike,
     frame_to_rgb,
@@ -154,7 +154,7 @@ def _dub(
     timeline = plan_timeline(info, audio_info.duration, opts.length)
     with _timed(timings, "generate"):
         wav16, _ = load_audio(audio, rate=16000, mono=True)
-        generator.prepare(analyze(wav16[0], timeline.times))
+        generator.prepare(analyze(wav16[0], timeline.times), SourceVideo(info, faces))
     samples, rate = load_audio(audio)
 
     export_started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import InvalidOptionError, MissingDependencyError
-from .base import INTENSITIES, FaceFrame, Generator
+from .base import INTENSITIES, FaceFrame, Generator, SourceVideo
 
 _REGISTRY: dict[str, type[Generator]] = {}
 
@@ -49,4 +49,4 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
 
 from . import e1  # noqa: E402,F401  (registers the built-in generator)
 
-__all__ = ["FaceFrame", "Generator", "available", "get_generator", "register"]
+__all__ = ["FaceFrame", "Generator", "SourceVideo", "available", "get_generator", "register"]

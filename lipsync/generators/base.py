@@ -9,6 +9,8 @@ from typing import ClassVar
 import numpy as np
 
 from ..audio import AudioFeatures
+from ..faces import FaceResult
+from ..media import VideoInfo
 
 INTENSITIES = (1, 2, 3)
 
@@ -23,6 +25,14 @@ class FaceFrame:
     track: int  # which face track this is, so a generator can keep per-face state
 
 
+@dataclass
+class SourceVideo:
+    """What a generator may learn from the source video before it renders anything."""
+
+    info: VideoInfo  # the source's frame index and format
+    faces: FaceResult  # every face track with its smoothed landmarks
+
+
 class Generator(ABC):
     """A lip renderer. One instance serves one job (one video, one audio)."""
 
@@ -33,8 +43,9 @@ class Generator(ABC):
         self.intensity = intensity
 
     @abstractmethod
-    def prepare(self, audio: AudioFeatures) -> None:
-        """Take the new audio's features, one row per output frame, before any render call."""
+    def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
+        """Take the new audio's features (one row per output frame) and, when given, the
+        source video and its faces, before any render call."""
 
     @abstractmethod
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

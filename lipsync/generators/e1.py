@@ -32,7 +32,8 @@ from ..landmarks import (
     mouth_frame,
 )
 from . import register
-from .base import FaceFrame, Generator
+from .atlas import CANON_WIDTH, CENTER, MouthAtlas, MouthSample, build_atlases, lip_colour
+from .base import FaceFrame, Generator, SourceVideo
 
 # Centre opening at full loudness, in mouth widths, for intensity 1, 2 and 3.
 OPEN_GAIN = {1: 0.2, 2: 0.32, 3: 0.45}
@@ -69,9 +70,11 @@ class E1Generator(Generator):
         super().__init__(intensity)
         self._openness = np.zeros(0, dtype=np.float32)
         self._lip_rgb: dict[int, np.ndarray] = {}
+        self._atlases: dict[int, MouthAtlas] = {}
 
-    def prepare(self, audio: AudioFeatures) -> None:
+    def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
         self._openness = np.asarray(audio.openness, dtype=np.float32)
+        self._atlases = {} if source is None else build_atlases(source.info, source.faces)
 
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         landmarks = np.asarray(landmarks, dtype=np.float64)
@@ -100,7 +103,12 @@ class E1Generator(Generator):
         warped = _warp_roi(image, box, controls, frame)
 
         lip_rgb = self._track_lip_colour(face.track, image, landmarks)
-        _paint_mouth_inside(warped, box, controls.inner, frame, lip_rgb)
+        atlas = self._atlases.get(face.track)
+        sample = atlas.nearest(opening / frame.width) if atlas is not None else None
+        if sample is not None:
+            _paste_mouth_inside(warped, box, controls.inner, frame, sample, lip_rgb)
+        else:
+            _paint_mouth_inside(warped, box, controls.inner, frame, lip_rgb)
 
         alpha = _mask_alpha(landmarks, frame, box)
         roi = image[y0:y1, x0:x1]
@@ -108,14 +116,8 @@ class E1Generator(Generator):
         return box
 
     def _track_lip_colour(self, track: int, image: np.ndarray, landmarks: np.ndarray):
-        """Lip colour of this face, averaged over time so the painted cavity does not flicker."""
-        outer = landmarks[list(LIPS_UPPER_OUTER[1:-1] + LIPS_LOWER_OUTER[1:-1])]
-        inner = landmarks[list(LIPS_UPPER_INNER[1:-1] + LIPS_LOWER_INNER[1:-1])]
-        mid = np.round((outer + inner) / 2.0).astype(int)
-        h, w = image.shape[:2]
-        mid[:, 0] = np.clip(mid[:, 0], 0, w - 1)
-        mid[:, 1] = np.clip(mid[:, 1], 0, h - 1)
-        sample = image[mid[:, 1], mid[:, 0]].astype(np.float32).mean(axis=0)
+        """Lip colour of this face, averaged over time so the mouth inside does not flicker."""
+        sample = lip_colour(image, landmarks)
 
         previous = self._lip_rgb.get(track)
         colour = sample if previous is None else 0.9 * previous + 0.1 * sample
@@ -226,23 +228,75 @@ def _warp_roi(image, box, controls: _Controls, frame: MouthFrame) -> np.ndarray:
     return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _paint_mouth_inside(roi, box, inner, frame: MouthFrame, lip_rgb) -> None:
-    """Paint the opened mouth: a dark cavity, a band of upper teeth under the upper lip."""
-    gap = float((inner[len(inner) - 1 - len(inner) // 4] - inner[len(inner) // 4]) @ frame.v)
-    if gap < 1.0:
-        return
-
-    # Work on the mouth's own small box: the blurs are the costly part.
-    soft = max(0.6, 0.01 * frame.width)
-    pad = int(np.ceil(3 * soft)) + 2
+def _mouth_box(roi, box, inner, pad: int):
+    """The part of the ROI around the new inner-lip loop: (view, its origin in the frame)."""
     mx0 = max(int(np.floor(inner[:, 0].min())) - pad - box[0], 0)
     my0 = max(int(np.floor(inner[:, 1].min())) - pad - box[1], 0)
     mx1 = min(int(np.ceil(inner[:, 0].max())) + pad - box[0], roi.shape[1])
     my1 = min(int(np.ceil(inner[:, 1].max())) + pad - box[1], roi.shape[0])
     if mx1 <= mx0 or my1 <= my0:
+        return None, None
+    return roi[my0:my1, mx0:mx1], (box[0] + mx0, box[1] + my0)
+
+
+def _center_gap(inner, frame: MouthFrame) -> float:
+    """Gap between the new inner lips at the middle of the mouth, in px."""
+    half = len(inner) // 2
+    return float((inner[len(inner) - 1 - half // 2] - inner[half // 2]) @ frame.v)
+
+
+def _paste_mouth_inside(roi, box, inner, frame: MouthFrame, sample: MouthSample, lip_rgb):
+    """Fill the opened mouth with the speaker's own mouth inside, from the atlas.
+
+    The sample is placed with its upper inner lip on the new upper inner lip and stretched
+    vertically so its gap matches the new gap; its colours are scaled by how the lip
+    colour of this frame differs from the sample's, so lighting changes carry over.
+    """
+    gap = _center_gap(inner, frame)
+    if gap < 1.0:
         return
-    mouth = roi[my0:my1, mx0:mx1]
-    origin = (box[0] + mx0, box[1] + my0)
+    soft = max(0.6, 0.012 * frame.width)
+    mouth, origin = _mouth_box(roi, box, inner, int(np.ceil(3 * soft)) + 2)
+    if mouth is None:
+        return
+
+    half = len(inner) // 2
+    scale = frame.width / CANON_WIDTH
+    stretch = gap / max(sample.gap * scale, 1.0)
+    upper_v = frame.to_local(inner[half // 2 : half // 2 + 1])[0, 1]
+    # canonical (x, y) -> frame: centre + u*(x - C)*scale + v*(upper_v + (y - y_up)*scale*s)
+    columns = np.column_stack([frame.u * scale, frame.v * scale * stretch])
+    offset = (
+        frame.center
+        - frame.u * scale * CENTER
+        + frame.v * (upper_v - sample.upper_mid_y * scale * stretch)
+        - np.asarray(origin, dtype=np.float64)
+    )
+    placed = cv2.warpAffine(
+        sample.image,
+        np.column_stack([columns, offset]),
+        (mouth.shape[1], mouth.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+    gain = np.clip(np.asarray(lip_rgb) / np.maximum(sample.lip_rgb, 1.0), 0.7, 1.4)
+    placed = np.clip(placed.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    alpha = _soft_polygon(inner, origin, mouth.shape[:2], soft)
+    blend_masked(mouth, placed, alpha)
+
+
+def _paint_mouth_inside(roi, box, inner, frame: MouthFrame, lip_rgb) -> None:
+    """Paint the opened mouth: a dark cavity, a band of upper teeth under the upper lip."""
+    gap = _center_gap(inner, frame)
+    if gap < 1.0:
+        return
+
+    # Work on the mouth's own small box: the blurs are the costly part.
+    soft = max(0.6, 0.01 * frame.width)
+    mouth, origin = _mouth_box(roi, box, inner, int(np.ceil(3 * soft)) + 2)
+    if mouth is None:
+        return
 
     half = len(inner) // 2
     upper = inner[: half + 1] if len(inner) % 2 == 0 else inner[:half]
