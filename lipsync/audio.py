@@ -69,6 +69,7 @@ class AudioFeatures:
     mel: np.ndarray  # (n, 80, 16) float32 normalized mel windows, values in [-4, 4]
     openness: np.ndarray  # (n,) float32 in [0, 1]; exactly 0 where active is False
     active: np.ndarray  # (n,) bool, True where someone is speaking
+    rounding: np.ndarray | None = None  # (n,) float32 in [0, 1], lips rounded (o, u, w)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:

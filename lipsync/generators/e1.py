@@ -41,6 +41,9 @@ OPEN_GAIN = {1: 0.2, 2: 0.32, 3: 0.45}
 LOWER_SHARE, UPPER_SHARE = 0.8, 0.2
 # Fraction of the lower-lip move that reaches each chin-midline point, lip to chin.
 CHIN_FOLLOW = (0.95, 0.92, 0.9, 0.88, 0.85)
+# How far full rounding draws each lip point towards the mouth's centre (a share of its
+# distance from it): the mouth narrows by this share of its width.
+ROUND_PULL = 0.25
 # Feather of the lower-face mask, in mouth widths (Gaussian sigma).
 FEATHER = 0.07
 # The displacement field is evaluated on a grid this many pixels apart, then interpolated.
@@ -69,11 +72,14 @@ class E1Generator(Generator):
     def __init__(self, intensity: int = 2) -> None:
         super().__init__(intensity)
         self._openness = np.zeros(0, dtype=np.float32)
+        self._rounding = np.zeros(0, dtype=np.float32)
         self._lip_rgb: dict[int, np.ndarray] = {}
         self._atlases: dict[int, MouthAtlas] = {}
 
     def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
         self._openness = np.asarray(audio.openness, dtype=np.float32)
+        rounding = audio.rounding if audio.rounding is not None else np.zeros_like(self._openness)
+        self._rounding = np.asarray(rounding, dtype=np.float32)
         self._atlases = {} if source is None else build_atlases(source.info, source.faces)
 
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -99,7 +105,8 @@ class E1Generator(Generator):
         x0, y0, x1, y1 = box
 
         opening = self.target_opening(face.out_index, frame.width)
-        controls = _control_moves(landmarks, frame, opening)
+        rounding = self._rounding[face.out_index] if face.out_index < len(self._rounding) else 0
+        controls = _control_moves(landmarks, frame, opening, float(rounding))
         warped = _warp_roi(image, box, controls, frame)
 
         lip_rgb = self._track_lip_colour(face.track, image, landmarks)
@@ -139,7 +146,9 @@ def _mask_box(landmarks, frame: MouthFrame, shape) -> tuple[int, int, int, int] 
     return x0, y0, x1, y1
 
 
-def _control_moves(landmarks, frame: MouthFrame, opening: float) -> _Controls:
+def _control_moves(
+    landmarks, frame: MouthFrame, opening: float, rounding: float = 0.0
+) -> _Controls:
     """Control points, their moves (px), reaches and sides, plus the new inner-lip loop.
 
     Each inner-lip pair (upper and lower point at the same place across the mouth) is moved
@@ -162,12 +171,23 @@ def _control_moves(landmarks, frame: MouthFrame, opening: float) -> _Controls:
     moves_lo, moves_up = LOWER_SHARE * down, -UPPER_SHARE * down
     mid = change[len(change) // 2]
 
+    # Rounding (o, u, w) draws the lips towards the middle: every lip point, corners
+    # included, moves inwards in proportion to its distance from the centre.
+    def pull(points: np.ndarray) -> np.ndarray:
+        across_px = frame.to_local(points)[:, 0]
+        return -ROUND_PULL * rounding * across_px[:, None] * frame.u[None, :]
+
+    moves_up = moves_up + pull(upper_in)
+    moves_lo = moves_lo + pull(lower_in)
+    upper_out = landmarks[list(LIPS_UPPER_OUTER[1:-1])]
+    lower_out = landmarks[list(LIPS_LOWER_OUTER[1:-1])]
+
     up, lo, both = _UPPER, _LOWER, _UPPER | _LOWER
     groups = [
         (upper_in[1:-1], moves_up[1:-1], 0.06, up),
         (lower_in[1:-1], moves_lo[1:-1], 0.06, lo),
-        (landmarks[list(LIPS_UPPER_OUTER[1:-1])], 0.9 * moves_up[1:-1], 0.08, up),
-        (landmarks[list(LIPS_LOWER_OUTER[1:-1])], 0.95 * moves_lo[1:-1], 0.08, lo),
+        (upper_out, 0.9 * (moves_up[1:-1] - pull(upper_in[1:-1])) + pull(upper_out), 0.08, up),
+        (lower_out, 0.95 * (moves_lo[1:-1] - pull(lower_in[1:-1])) + pull(lower_out), 0.08, lo),
     ]
     chin = landmarks[list(CHIN_MIDLINE)]
     chin_moves = LOWER_SHARE * mid * np.asarray(CHIN_FOLLOW)[:, None] * v[None, :]
@@ -182,10 +202,11 @@ def _control_moves(landmarks, frame: MouthFrame, opening: float) -> _Controls:
     # Anchors that hold the rest of the face still: the corners, the nose base, the cheeks,
     # and a ring below the chin so the neck stretches as little as it can.
     corners = landmarks[[MOUTH_LEFT, MOUTH_RIGHT]]
+    groups.append((corners, pull(corners), 0.1, both))
     still = landmarks[list(STILL)]
     offsets = np.array([[-0.5], [0.0], [0.5]])
     below = landmarks[CHIN] + v * 0.45 * width + frame.u * offsets * width
-    for anchors, reach_w, side in ((corners, 0.06, both), (still, 0.2, both), (below, 0.15, lo)):
+    for anchors, reach_w, side in ((still, 0.15, both), (below, 0.15, lo)):
         groups.append((anchors, np.zeros_like(anchors), reach_w, side))
 
     points = np.concatenate([g[0] for g in groups]).astype(np.float64)
