@@ -27,6 +27,9 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _PIPELINE = ("DubOptions", "DubResult", "dub")
+# The sync evaluator lives in ``lipsync.evaluation``: a submodule named ``evaluate`` would
+# replace the function of that name on the package as soon as it was imported.
+_EVALUATION = ("SyncReport", "evaluate")
 
 
 def __getattr__(name: str):
@@ -36,6 +39,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name in _EVALUATION:
+        from . import evaluation
+
+        return getattr(evaluation, name)
     raise AttributeError(f"module 'lipsync' has no attribute {name!r}")
 
 
@@ -50,6 +57,8 @@ __all__ = [
     "LipsyncError",
     "MissingDependencyError",
     "NoFaceFoundError",
+    "SyncReport",
     "__version__",
     "dub",
+    "evaluate",
 ]
