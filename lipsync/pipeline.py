@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +32,9 @@ from .media import (
     validate_video,
 )
 from .patches import PATCHABLE, FramePatch, PatchConverter, union_box
+from .phones import segment_phones, shapes_at
 from .scenes import Scene, detect_scenes
+from .visemes import apply_visemes
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class DubOptions:
     workers: int | None = None  # face-analysis processes; None = one per core
     use_cache: bool = True  # reuse the scene list of a video seen before
     batch_size: int = 16  # frames handed to the generator at once
+    visemes: bool = True  # shape the mouth by the voice's phones (closures, rounding)
 
     def validate(self) -> None:
         """Refuse bad options before any work; the rest are checked where they are used."""
@@ -129,32 +133,38 @@ def _dub(
     audio_info = probe_audio(audio, max_duration=opts.max_duration)
     logger.info("dubbing %s (%d frames) with %s", video.name, info.frame_count, audio.name)
 
-    with _timed(timings, "scenes"):
-        scene_list = detect_scenes(
-            info,
-            threshold=opts.scene_threshold,
-            use_cache=opts.use_cache,
-            progress=_phase(progress, "scenes"),
-        )
-
-    with _timed(timings, "faces"):
-        faces = detect_faces(
-            info,
-            scene_list.scenes,
-            select=opts.faces,
-            workers=opts.workers,
-            progress=_phase(progress, "faces"),
-        )
-    if faces.frames_with_face == 0:
-        raise NoFaceFoundError(
-            f"no face found in any of the {len(scene_list.scenes)} scene(s) of {video.name}",
-            hint="the speaker's face must be visible, frontal or three-quarter, and not tiny",
-        )
-
     timeline = plan_timeline(info, audio_info.duration, opts.length)
-    with _timed(timings, "generate"):
-        wav16, _ = load_audio(audio, rate=16000, mono=True)
-        generator.prepare(analyze(wav16[0], timeline.times), SourceVideo(info, faces))
+
+    # The new voice is analysed (mel features, phones) in a thread while phases 1 and 2
+    # look at the picture: the phone decoder waits in C code most of the time.
+    with ThreadPoolExecutor(1, thread_name_prefix="lipsync-audio") as pool:
+        audio_job = pool.submit(_audio_features, audio, timeline.times, opts.visemes)
+
+        with _timed(timings, "scenes"):
+            scene_list = detect_scenes(
+                info,
+                threshold=opts.scene_threshold,
+                use_cache=opts.use_cache,
+                progress=_phase(progress, "scenes"),
+            )
+
+        with _timed(timings, "faces"):
+            faces = detect_faces(
+                info,
+                scene_list.scenes,
+                select=opts.faces,
+                workers=opts.workers,
+                progress=_phase(progress, "faces"),
+            )
+        if faces.frames_with_face == 0:
+            raise NoFaceFoundError(
+                f"no face found in any of the {len(scene_list.scenes)} scene(s) of {video.name}",
+                hint="the speaker's face must be visible, frontal or three-quarter, and not tiny",
+            )
+
+        with _timed(timings, "generate"):
+            features, timings["audio"] = audio_job.result()
+            generator.prepare(features, SourceVideo(info, faces))
     samples, rate = load_audio(audio)
 
     export_started = time.perf_counter()
@@ -181,6 +191,16 @@ def _dub(
         frames_written=len(timeline.source_index),
         duration=timeline.duration,
     )
+
+
+def _audio_features(audio: Path, times: np.ndarray, visemes: bool):
+    """Mel features, openness and (when asked) phone-shaped targets; and the seconds taken."""
+    tick = time.perf_counter()
+    wav16, _ = load_audio(audio, rate=16000, mono=True)
+    features = analyze(wav16[0], times)
+    if visemes:
+        features = apply_visemes(features, shapes_at(segment_phones(wav16[0]), times))
+    return features, time.perf_counter() - tick
 
 
 def _stream(frames, total, faces: FaceResult, generator: Generator, writer, batch_size, progress):
