@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from scipy.ndimage import gaussian_filter1d
 
 from .errors import DataCorruptedError, InternalError, InvalidOptionError, MissingDependencyError
-from .media import VideoInfo, iter_frames
+from .media import VideoInfo, frame_to_rgb, iter_video_frames
+from .mouths import MouthCollector, MouthSample, best_per_band
 from .scenes import Scene
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class FaceResult:
 
     tracks: list[FaceTrack]  # ordered by scene, then by face rank
     frame_count: int  # frames in the source video
+    # track position -> open-mouth samples of that face, cut at full resolution, one per
+    # band of openings (see lipsync.mouths); a track that never opens its mouth has none.
+    mouths: dict[int, list[MouthSample]] = field(default_factory=dict)
     _by_frame: dict[int, list[tuple[int, int]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +135,8 @@ class _Found:
 
     frames: np.ndarray  # (m,) int64 frame index of each face found, non-decreasing
     landmarks: np.ndarray  # (m, 468, 2) float32 px in decoded frames, full resolution
+    # (frame index, raw landmarks, sample) of the main face's open mouths, best per band
+    mouths: list[tuple[int, np.ndarray, MouthSample]] = field(default_factory=list)
 
 
 def detect_faces(
@@ -198,7 +205,8 @@ def detect_faces(
         landmarks = np.concatenate([p.landmarks for p in parts])
         tracks += build_tracks(scene_index, frames, landmarks, select, fps, smoothing)
 
-    result = FaceResult(tracks=tracks, frame_count=info.frame_count)
+    mouths = assign_mouths(tracks, [m for part in found for m in part.mouths])
+    result = FaceResult(tracks=tracks, frame_count=info.frame_count, mouths=mouths)
     logger.info(
         "%d face track(s); a face on %d of %d frames",
         len(tracks), result.frames_with_face, info.frame_count,
@@ -505,16 +513,25 @@ def _analyse_chunk(
     finder = _FaceFinder(mesh_module, detection_module, tracked)
     frames: list[int] = []
     landmarks: list[np.ndarray] = []
+    # The frame is decoded at full size anyway: the main face's open mouths are cut from
+    # it here, so no later pass has to decode frames again for the mouth atlas.
+    mouths = MouthCollector()
+    reformatter = VideoReformatter()
 
     done = 0
     try:
-        for batch in iter_frames(info, start, stop, size=(width, height)):
-            for index, image in zip(batch.indices.tolist(), batch.images, strict=True):
-                for face in finder.find(_upright(image, info.rotation)):
-                    frames.append(index)
-                    landmarks.append(_to_decoded_px(face, info))
-            done += len(batch.indices)
-            if progress is not None:
+        for index, frame in iter_video_frames(info, start, stop):
+            image = frame_to_rgb(frame, (width, height), reformatter)
+            faces = [
+                _to_decoded_px(face, info) for face in finder.find(_upright(image, info.rotation))
+            ]
+            for face in faces:
+                frames.append(index)
+                landmarks.append(face)
+            if faces:
+                mouths.offer(index, frame, max(faces, key=_box_area))
+            done += 1
+            if progress is not None and (done % 16 == 0 or index == stop - 1):
                 progress(done)
     except av.FFmpegError as exc:
         raise DataCorruptedError(f"cannot decode {info.path.name}: {exc}") from exc
@@ -524,7 +541,40 @@ def _analyse_chunk(
     logger.debug("faces: frames %d-%d: %d face(s) found", start, stop, len(frames))
     if not frames:
         return _Found(np.zeros(0, np.int64), np.zeros((0, N_LANDMARKS, 2), np.float32))
-    return _Found(np.asarray(frames, np.int64), np.stack(landmarks).astype(np.float32))
+    return _Found(
+        np.asarray(frames, np.int64), np.stack(landmarks).astype(np.float32), mouths.samples()
+    )
+
+
+def _box_area(landmarks: np.ndarray) -> float:
+    extent = landmarks.max(axis=0) - landmarks.min(axis=0)
+    return float(extent[0] * extent[1])
+
+
+def assign_mouths(
+    tracks: list[FaceTrack], found: Sequence[tuple[int, np.ndarray, MouthSample]]
+) -> dict[int, list[MouthSample]]:
+    """Give each mouth sample to the track whose face it was cut from.
+
+    A sample belongs to the track that has a face on its frame within a tenth of the face's
+    size of the raw landmarks it was cut with (tracks are smoothed, so not exactly on them).
+    Each track then keeps the most frontal sample per band of openings.
+    """
+    by_track: dict[int, list[MouthSample]] = {}
+    for index, raw, sample in found:
+        best, best_error = None, np.inf
+        for position, track in enumerate(tracks):
+            row = int(np.searchsorted(track.frames, index))
+            if row == len(track.frames) or track.frames[row] != index:
+                continue
+            box = track.boxes[row]
+            size = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
+            error = float(np.abs(track.landmarks[row] - raw).mean()) / size
+            if error < 0.1 and error < best_error:
+                best, best_error = position, error
+        if best is not None:
+            by_track.setdefault(best, []).append(sample)
+    return {position: best_per_band(samples) for position, samples in by_track.items()}
 
 
 class _FaceFinder:

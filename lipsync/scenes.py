@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 from scenedetect.detectors import ContentDetector
 
 from . import cache
@@ -134,7 +134,9 @@ def find_cuts(
     done = 0
     try:
         for index, frame in iter_video_frames(info):
-            frame_bgr = reformatter.reformat(frame, width=width, height=height, format="bgr24")
+            frame_bgr = reformatter.reformat(
+                frame, width=width, height=height, format="bgr24", interpolation=Interpolation.AREA
+            )
             cuts += detector.process_frame(index, frame_bgr.to_ndarray())
             done += 1
             if progress is not None and done % _PROGRESS_EVERY == 0:

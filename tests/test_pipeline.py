@@ -251,3 +251,14 @@ def test_real_clip_with_a_non_integer_rate(shared_media, work):
     assert abs(output.duration - source.duration) < 1e-3
     assert abs(output.frame_count / output.duration - 1350 / 61) < 1e-2
     assert result.frames_changed >= 0.95 * source.frame_count
+
+
+def test_phase_two_gathers_the_speakers_own_mouths(demo):
+    from lipsync.mouths import MIN_OPENING
+
+    info = probe_video(demo.video)
+    faces = detect_faces(info, detect_scenes(info).scenes, workers=1)
+    samples = faces.mouths.get(0, [])
+    # The portrait smiles with her teeth showing: her own mouth is there to sample.
+    assert samples and all(s.opening >= MIN_OPENING for s in samples)
+    assert [s.opening for s in samples] == sorted(s.opening for s in samples)

@@ -31,8 +31,8 @@ from ..landmarks import (
     lower_face_polygon,
     mouth_frame,
 )
+from ..mouths import CANON_WIDTH, CENTER, MouthAtlas, MouthSample, lip_colour
 from . import register
-from .atlas import CANON_WIDTH, CENTER, MouthAtlas, MouthSample, build_atlases, lip_colour
 from .base import FaceFrame, Generator, SourceVideo
 
 # Centre opening at full loudness, in mouth widths, for intensity 1, 2 and 3.
@@ -80,7 +80,8 @@ class E1Generator(Generator):
         self._openness = np.asarray(audio.openness, dtype=np.float32)
         rounding = audio.rounding if audio.rounding is not None else np.zeros_like(self._openness)
         self._rounding = np.asarray(rounding, dtype=np.float32)
-        self._atlases = {} if source is None else build_atlases(source.info, source.faces)
+        mouths = {} if source is None else source.faces.mouths
+        self._atlases = {track: MouthAtlas(samples) for track, samples in mouths.items()}
 
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         landmarks = np.asarray(landmarks, dtype=np.float64)

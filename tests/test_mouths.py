@@ -2,15 +2,16 @@ import numpy as np
 
 from lipsync.audio import AudioFeatures
 from lipsync.generators import FaceFrame, get_generator
-from lipsync.generators.atlas import (
+from lipsync.landmarks import INNER_LOWER_MID, MOUTH_LEFT, MOUTH_RIGHT, mouth_frame
+from lipsync.mouths import (
     CANON_WIDTH,
     CENTER,
-    MIN_OPENING,
     MouthAtlas,
+    MouthCollector,
+    band_of,
+    best_per_band,
     cut_sample,
-    pick_frames,
 )
-from lipsync.landmarks import INNER_LOWER_MID, MOUTH_LEFT, MOUTH_RIGHT, mouth_frame
 
 
 def _with_opening(landmarks: np.ndarray, gap_widths: float) -> np.ndarray:
@@ -21,15 +22,36 @@ def _with_opening(landmarks: np.ndarray, gap_widths: float) -> np.ndarray:
     return moved
 
 
-def test_pick_frames_takes_one_frame_per_band_of_openings(portrait):
-    _, landmarks = portrait
-    openings = [0.0, 0.02, 0.1, 0.12, 0.2, 0.3, 0.31]
-    track = np.stack([_with_opening(landmarks, g) for g in openings])
+def test_collector_keeps_the_most_frontal_mouth_per_band(portrait):
+    import av
 
-    rows = pick_frames(track, bins=3)
-    assert len(rows) == 3 and len(set(rows)) == 3
-    assert all(openings[r] >= MIN_OPENING for r in rows)
-    assert pick_frames(track[:2]) == []  # a mouth that never opens gives no sample
+    image, landmarks = portrait
+    frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+    collector = MouthCollector()
+
+    for index, gap in enumerate([0.0, 0.02, 0.1, 0.11, 0.2, 0.3, 0.31]):
+        collector.offer(index, frame, _with_opening(landmarks, gap))
+    kept = collector.samples()
+
+    assert [band_of(s.opening) for _, _, s in kept] == sorted({band_of(g) for g in (0.1, 0.2, 0.3)})
+    assert [index for index, _, _ in kept] == [2, 4, 5]  # equally frontal: the first one stays
+    assert all(s.image.shape == (192, 192, 3) for _, _, s in kept)
+
+    # A more frontal face replaces the band's sample; less frontal ones never do.
+    twisted = _with_opening(landmarks, 0.1)
+    twisted[234] += (15.0, 0.0)  # one cheek pushed in: a face turned to the side
+    collector.offer(9, frame, twisted)
+    assert [index for index, _, _ in collector.samples()] == [2, 4, 5]
+
+
+def test_best_per_band_merges_samples_from_chunks(portrait):
+    image, landmarks = portrait
+    a = cut_sample(image, _with_opening(landmarks, 0.12))
+    b = cut_sample(image, _with_opening(landmarks, 0.13))
+    b.frontality = a.frontality + 0.1
+    c = cut_sample(image, _with_opening(landmarks, 0.3))
+    merged = best_per_band([a, c, b])
+    assert merged == [b, c]
 
 
 def test_cut_sample_puts_the_mouth_in_the_canonical_frame(portrait):
