@@ -1,4 +1,4 @@
-"""The command line: ``python -m lipsync dub | inspect | demo``.
+"""The command line: ``python -m lipsync dub | inspect | eval | demo``.
 
 All printing and exit codes live here; the library only returns results and raises.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,13 +44,49 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO)
 
     try:
-        return args.run(args)
+        with _native_logs_hidden(enabled=not args.verbose):
+            return args.run(args)
     except LipsyncError as exc:
         print(f"error: {exc.code} {exc.name}: {exc}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextmanager
+def _native_logs_hidden(enabled: bool):
+    """Keep MediaPipe's C++ start-up warnings off the terminal (``-v`` shows them).
+
+    They are written straight to file descriptor 2 by native code, in this process and in
+    the face workers it spawns, so Python's logging cannot filter them. Descriptor 2 goes
+    to /dev/null for the duration while ``sys.stderr``, which the progress bars and our
+    own messages use, keeps writing to the real terminal through a duplicate.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (an embedding host): leave it be
+        yield
+        return
+
+    original = sys.stderr
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    sys.stderr = terminal
+    try:
+        yield
+    finally:
+        terminal.flush()
+        sys.stderr = original
+        os.dup2(saved, 2)
+        for fd in (saved, devnull):
+            os.close(fd)
+        terminal.close()
 
 
 def exit_code(exc: LipsyncError) -> int:

@@ -156,9 +156,9 @@ def _check_input(path: PathLike, allowed: tuple[str, ...], kind: str) -> Path:
     suffix = path.suffix.lower()
     if suffix not in allowed:
         raise InvalidFormatError(
-            f"{path.name}: a {kind} input must be one of {', '.join(allowed)}, "
+            f"{path.name}: the {kind} must be one of {', '.join(allowed)}, "
             f"got {suffix or 'a file without an extension'}",
-            hint=f"convert it to {allowed[0]} first (e.g. with ffmpeg)",
+            hint=f"convert it to {allowed[0]} first, for example with ffmpeg",
         )
 
     with open(path, "rb") as handle:
