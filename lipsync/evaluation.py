@@ -42,7 +42,7 @@ from scipy.stats import rankdata
 
 from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
-from .faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, STABLE_POINTS, detect_faces
+from .faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, detect_faces, fit_similarity
 from .landmarks import (
     LIPS_LOWER_INNER,
     LIPS_LOWER_OUTER,
@@ -422,12 +422,7 @@ def _pose_free_lips(landmarks: np.ndarray, seen: np.ndarray) -> np.ndarray:
     points = landmarks[seen, :, 0] + 1j * landmarks[seen, :, 1]  # (m, 468) complex
     reference = points.mean(axis=0)
 
-    ref = reference[list(STABLE_POINTS)]
-    pts = points[:, list(STABLE_POINTS)]
-    ref_c = ref - ref.mean()
-    pts_c = pts - pts.mean(axis=1, keepdims=True)
-    scale = (np.conj(ref_c) * pts_c).sum(axis=1) / (np.abs(ref_c) ** 2).sum()
-    shift = pts.mean(axis=1) - scale * ref.mean()
+    scale, shift = fit_similarity(reference, points)
 
     eyes = abs(reference[LEFT_EYE_OUTER] - reference[RIGHT_EYE_OUTER])
     free = (points[:, list(LIP_POINTS)] - shift[:, None]) / scale[:, None] / eyes

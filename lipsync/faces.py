@@ -311,7 +311,7 @@ def smooth_landmarks(landmarks: np.ndarray, fps: float, strength: float = 1.0) -
     # Landmarks as complex numbers: a similarity transform is then z -> a * z + b.
     points = landmarks[..., 0] + 1j * landmarks[..., 1]
     reference = points.mean(axis=0)
-    scale, shift = _fit_similarity(reference, points)
+    scale, shift = fit_similarity(reference, points)
     shape = (points - shift[:, None]) / scale[:, None]
 
     # Scale and rotation are smoothed as log-magnitude and unwrapped angle, so a turn through
@@ -339,7 +339,7 @@ def _smooth_track(frames: np.ndarray, landmarks: np.ndarray, fps: float, strengt
     return out
 
 
-def _fit_similarity(reference: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_similarity(reference: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares a, b per frame with points ~ a * reference + b on STABLE_POINTS."""
     ref = reference[list(STABLE_POINTS)]
     pts = points[:, list(STABLE_POINTS)]
