@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import clips
 import numpy as np
 import pytest
 
@@ -33,58 +34,10 @@ from lipsync.media import (
 # --- Helpers ----------------------------------------------------------------------------------
 
 
-def make_clip(
-    path: Path,
-    *,
-    frames: int = 25,
-    size: tuple[int, int] = (96, 64),
-    rate: Fraction | int = 25,
-    time_base: Fraction = Fraction(1, 12800),
-    pts: list[int] | None = None,
-    rotation: int = 0,
-    audio: tuple[np.ndarray, int] | None = None,
-    colors: tuple[int, int] | None = None,
-    picture=None,
-) -> Path:
-    """A small H.264 clip (moving stripes unless ``picture(i, size)`` says otherwise).
-
-    ``colors`` = (colorspace, range) converts and tags it, e.g. (1, 2) for BT.709 full range.
-    """
-    picture = picture or stripes
-    width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = stream.codec_context.time_base = time_base
-        stream.codec_context.options = {"crf": "12", "g": "12"}
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if colors:
-            stream.codec_context.colorspace, stream.codec_context.color_range = colors
-        if audio is not None:
-            astream = container.add_stream("aac", rate=audio[1])
-            astream.layout = "mono"
-
-        stamps = pts or [round(i / Fraction(rate) / time_base) for i in range(frames)]
-        for i, stamp in enumerate(stamps):
-            frame = av.VideoFrame.from_ndarray(picture(i, size), format="rgb24")
-            if colors:
-                frame = frame.reformat(
-                    format="yuv420p", dst_colorspace="ITU709", dst_color_range=colors[1]
-                )
-            frame.pts, frame.time_base = int(stamp), time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-
-        if audio is not None:
-            samples = audio[0]
-            for start in range(0, samples.shape[1], 1024):
-                chunk = np.ascontiguousarray(samples[:, start : start + 1024])
-                aframe = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-                aframe.sample_rate, aframe.pts = audio[1], start
-                container.mux(astream.encode(aframe))
-            container.mux(astream.encode(None))
-    return path
+def make_clip(path: Path, **options) -> Path:
+    """A small H.264 clip of moving stripes unless another ``picture`` is given."""
+    options.setdefault("picture", stripes)
+    return clips.make_clip(path, **options)
 
 
 def stripes(index: int, size: tuple[int, int]) -> np.ndarray:

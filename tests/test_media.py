@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from clips import encode_audio, make_clip, read_index
 
 from lipsync import media
 from lipsync.cache import file_digest
@@ -28,84 +29,12 @@ SHARED_MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 # --- Clip makers ----------------------------------------------------------------------------
 
 
-def index_image(index: int, size: tuple[int, int]) -> np.ndarray:
-    """An (h, w, 3) picture whose two halves spell out ``index`` in grey levels (0..63)."""
-    width, height = size
-    image = np.empty((height, width, 3), np.uint8)
-    image[:, : width // 2] = 16 + 28 * (index // 8)
-    image[:, width // 2 :] = 16 + 28 * (index % 8)
-    return image
-
-
-def read_index(image: np.ndarray) -> int:
-    """The index an :func:`index_image` shows, read back after lossy coding."""
-    width = image.shape[1]
-    high = round((float(image[:, : width // 4].mean()) - 16) / 28)
-    low = round((float(image[:, 3 * width // 4 :].mean()) - 16) / 28)
-    return 8 * high + low
-
-
-def make_clip(
-    path: Path,
-    *,
-    frames: int = 25,
-    size: tuple[int, int] = (96, 64),
-    rate: Fraction | int = 25,
-    time_base: Fraction = Fraction(1, 12800),
-    pts: list[int] | None = None,
-    rotation: int = 0,
-    audio: np.ndarray | None = None,
-    audio_rate: int = 44100,
-    video: bool = True,
-    keyint: int = 12,
-    faststart: bool = False,
-) -> Path:
-    """Encode a small H.264 clip whose frames show their index (and optional AAC audio)."""
-    fmt = "mov" if path.suffix == ".mov" else "mp4"
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", format=fmt, options=options) as container:
-        vstream = astream = None
-        if video:
-            vstream = container.add_stream("libx264", rate=rate)
-            vstream.width, vstream.height = size
-            vstream.pix_fmt = "yuv420p"
-            vstream.time_base = time_base
-            vstream.codec_context.time_base = time_base
-            vstream.codec_context.options = {"g": str(keyint), "crf": "12"}
-            if rotation:
-                vstream.set_display_rotation(rotation)
-        if audio is not None:
-            astream = container.add_stream("aac", rate=audio_rate)
-            astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
-
-        if vstream is not None:
-            stamps = pts or [round(i / Fraction(rate) / time_base) for i in range(frames)]
-            for i, stamp in enumerate(stamps):
-                frame = av.VideoFrame.from_ndarray(index_image(i, size), format="rgb24")
-                frame.pts, frame.time_base = int(stamp), time_base
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode(None))
-        if astream is not None:
-            _encode_audio(container, astream, audio, audio_rate)
-    return path
-
-
-def _encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    for start in range(0, samples.shape[1], 1024):
-        chunk = np.ascontiguousarray(samples[:, start : start + 1024], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate, frame.pts = rate, start
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-
-
 def make_mp3(path: Path, samples: np.ndarray, rate: int, *, id3: bool = True) -> Path:
     options = {} if id3 else {"id3v2_version": "0"}
     with av.open(str(path), "w", format="mp3", options=options) as container:
         stream = container.add_stream("libmp3lame", rate=rate)
         stream.layout = "mono" if samples.shape[0] == 1 else "stereo"
-        _encode_audio(container, stream, samples, rate)
+        encode_audio(container, stream, samples, rate)
     return path
 
 
