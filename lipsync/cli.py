@@ -330,7 +330,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, plot_report
+    from .evaluation import evaluate
+    from .report import plot_report
 
     if args.plot is not None and args.plot.suffix.lower() != ".png":
         raise InvalidOptionError(f"--plot must name a .png file, got {args.plot}")

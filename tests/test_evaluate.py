@@ -26,13 +26,13 @@ from lipsync.evaluation import (
     mouth_jitter,
     mouth_track,
     own_sound_offset,
-    plot_report,
     score_tracks,
     silent_rest_share,
     viseme_auc,
 )
 from lipsync.media import load_audio, probe_video
 from lipsync.phones import SAMPLE_RATE, Phone, phone_shape, segment_phones, shapes_at
+from lipsync.report import plot_report
 
 CLIPS = ("talk1", "talk2", "talk3", "talk4", "talk5")
 FPS = 25.0
