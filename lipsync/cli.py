@@ -1,4 +1,4 @@
-"""The command line: ``python -m lipsync dub | inspect | eval | demo``.
+"""The command line: ``python -m lipsync dub | inspect | eval | demo | models``.
 
 All printing and exit codes live here; the library only returns results and raises.
 """
@@ -143,6 +143,20 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-cache", action="store_true", help="recompute the scene list")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=_run_eval)
+
+    models = commands.add_parser("models", help="list the lip-sync models, or import one")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(run=_run_models_list)
+    actions = models.add_subparsers(dest="models_action")
+    listing = actions.add_parser("list", help="list models (the default)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=_run_models_list)
+    adding = actions.add_parser("import", help="check an ONNX file and install it")
+    adding.add_argument("path", type=Path, help="the model's .onnx file (it is not changed)")
+    adding.add_argument("--name", help="name jobs use (default: e2/e3 by file name, else stem)")
+    adding.add_argument("--contract", help="input contract from the manifest (default: wav2lip96)")
+    adding.add_argument("--json", action="store_true", help="print JSON instead of text")
+    adding.set_defaults(run=_run_models_import)
     return parser
 
 
@@ -391,3 +405,35 @@ def _eval_text(report, args: argparse.Namespace) -> str:
     if args.plot is not None:
         lines.append(f"plot: {args.plot}")
     return "\n".join(lines)
+
+
+def _run_models_list(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    statuses = list_models()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+        return 0
+
+    print(f"{'name':<16}  {'installed':>9}  {'verified':>8}  {'title':<16}  licence")
+    for s in statuses:
+        print(
+            f"{s.name:<16}  {_yes(s.installed):>9}  {_yes(s.verified):>8}  "
+            f"{s.title or '-':<16}  {s.licence or '-'}"
+        )
+    return 0
+
+
+def _run_models_import(args: argparse.Namespace) -> int:
+    from .models import import_onnx
+
+    status = import_onnx(args.path, name=args.name, contract=args.contract)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(f"installed {status.name}: {status.path} (sha256 {status.sha256})")
+    return 0
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

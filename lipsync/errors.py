@@ -32,6 +32,10 @@ class MissingDependencyError(InternalError):
     """An optional package is needed for this feature; the message names the install command."""
 
 
+class ModelNotInstalledError(MissingDependencyError):
+    """A named model's weights are not installed; the hint says how to import them."""
+
+
 class NoFaceFoundError(LipsyncError):
     """No face was found in any scene of the video, so there is nothing to dub."""
 
@@ -78,5 +82,6 @@ __all__ = [
     "LimitExceededError",
     "LipsyncError",
     "MissingDependencyError",
+    "ModelNotInstalledError",
     "NoFaceFoundError",
 ]

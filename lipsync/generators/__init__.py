@@ -39,9 +39,13 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
     if name in _REGISTRY:
         return _REGISTRY[name](intensity=intensity)
     if name in _RESERVED:
+        from ..models import require_model
+
+        # Missing weights are the user's to import: say so before anything else.
+        require_model(name)
         # TODO(#4): load the ONNX generators e2/e3 here.
         raise MissingDependencyError(
-            f"model {name!r} needs {_RESERVED[name]}, which is not available yet",
+            f"model {name!r} is installed, but running {_RESERVED[name]} is not available yet",
             hint="use model 'e1', the built-in renderer",
         )
     raise InvalidOptionError(f"unknown model {name!r}; available: {', '.join(available())}")

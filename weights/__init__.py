@@ -1,0 +1,1 @@
+"""Package data: the model manifest, ``models.toml`` (read by :mod:`lipsync.models`)."""
