@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from lipsync.models import (
 )
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
+from tiny_onnx import tiny_model  # noqa: E402
 
 CONTRACT = load_contract("wav2lip96")
 
@@ -36,34 +35,6 @@ CONTRACT = load_contract("wav2lip96")
 def _own_home(tmp_path, monkeypatch):
     """Each test installs into an empty home of its own."""
     monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "home"))
-
-
-def _tiny_model(
-    path: Path,
-    *,
-    mel_name: str = "mel",
-    video_shape: tuple = ("N", 6, 96, 96),
-    batch: str | int = "N",
-) -> Path:
-    """A two-input graph honouring (or breaking) the contract: sigmoid(video[:, :3] + mean(mel))."""
-    mel = helper.make_tensor_value_info(mel_name, TensorProto.FLOAT, [batch, 1, 80, 16])
-    video = helper.make_tensor_value_info("video", TensorProto.FLOAT, list(video_shape))
-    face = helper.make_tensor_value_info("face", TensorProto.FLOAT, [batch, 3, 96, 96])
-    constants = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [3]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-    ]
-    nodes = [
-        helper.make_node("Slice", ["video", "starts", "ends", "axes"], ["target"]),
-        helper.make_node("ReduceMean", [mel_name], ["level"], axes=[1, 2, 3], keepdims=1),
-        helper.make_node("Add", ["target", "level"], ["raw"]),
-        helper.make_node("Sigmoid", ["raw"], ["face"]),
-    ]
-    graph = helper.make_graph(nodes, "tiny", [mel, video], [face], initializer=constants)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    onnx.save(model, str(path))
-    return path
 
 
 def _installed_files() -> list[str]:
@@ -93,7 +64,7 @@ def test_models_home_follows_lipsync_home(tmp_path):
 
 def test_a_model_that_honours_the_contract_imports_and_runs(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    source = _tiny_model(tmp_path / "mine.onnx")
+    source = tiny_model(tmp_path / "mine.onnx")
     before = (source.read_bytes(), source.stat().st_mtime_ns)
 
     status = import_onnx(source, name="mine")
@@ -119,7 +90,7 @@ def test_a_model_that_honours_the_contract_imports_and_runs(tmp_path):
 
 
 def test_a_file_named_like_a_manifest_model_installs_as_that_model(tmp_path):
-    source = _tiny_model(tmp_path / load_manifest()["e3"].file)
+    source = tiny_model(tmp_path / load_manifest()["e3"].file)
 
     status = import_onnx(source)
 
@@ -139,7 +110,7 @@ def test_a_file_named_like_a_manifest_model_installs_as_that_model(tmp_path):
     ids=["wrong-input-name", "wrong-shape", "fixed-batch"],
 )
 def test_a_model_that_breaks_the_contract_is_rejected(tmp_path, build, words):
-    source = _tiny_model(tmp_path / "bad.onnx", **build)
+    source = tiny_model(tmp_path / "bad.onnx", **build)
 
     with pytest.raises(InvalidFormatError) as caught:
         import_onnx(source, name="bad")
@@ -160,7 +131,7 @@ def test_a_file_that_is_not_onnx_is_rejected(tmp_path):
 
 
 def test_a_corrupted_installed_file_is_not_verified(tmp_path):
-    status = import_onnx(_tiny_model(tmp_path / "mine.onnx"), name="mine")
+    status = import_onnx(tiny_model(tmp_path / "mine.onnx"), name="mine")
     data = bytearray(status.path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     status.path.write_bytes(bytes(data))
@@ -186,7 +157,7 @@ def test_cli_lists_and_imports_models(tmp_path, capsys):
     assert {"e2", "e3"} <= set(listed)
     assert not listed["e2"]["installed"] and not listed["e2"]["verified"]
 
-    source = _tiny_model(tmp_path / "mine.onnx")
+    source = tiny_model(tmp_path / "mine.onnx")
     assert cli.main(["models", "import", str(source), "--name", "mine", "--json"]) == 0
     imported = json.loads(capsys.readouterr().out)
     assert imported["name"] == "mine" and imported["verified"]
@@ -196,7 +167,7 @@ def test_cli_lists_and_imports_models(tmp_path, capsys):
     assert table[0].split()[:3] == ["name", "installed", "verified"]
     assert any(line.split()[:3] == ["mine", "yes", "yes"] for line in table)
 
-    bad = _tiny_model(tmp_path / "bad.onnx", batch=1, video_shape=(1, 6, 96, 96))
+    bad = tiny_model(tmp_path / "bad.onnx", batch=1, video_shape=(1, 6, 96, 96))
     assert cli.main(["models", "import", str(bad), "--name", "bad"]) == 3
     assert "fixed batch" in capsys.readouterr().err
     assert cli.main(["models", "import", str(tmp_path / "absent.onnx")]) == 2

@@ -296,3 +296,29 @@ def test_a_real_dub_scores_like_real_speech(shared_media, work):
     assert abs(own.offset) <= 1
     assert own.silent_rest_share is None or own.silent_rest_share >= 0.9
     assert own.score > evaluate(out, shared_media / "speech_a.wav").scores.score + 0.3
+
+
+@pytest.mark.slow
+def test_e2_dubs_a_real_clip_through_the_same_mask(shared_media, work, tmp_path, monkeypatch):
+    """The whole pipeline with model="e2", using a tiny contract-honouring ONNX model."""
+    pytest.importorskip("onnxruntime")
+    from tiny_onnx import tiny_model
+
+    from lipsync.models import import_onnx
+
+    monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "home"))
+    import_onnx(tiny_model(tmp_path / "tiny.onnx"), name="e2")
+
+    clip, voice = shared_media / "talk5.mp4", shared_media / "speech_a.wav"
+    result = lipsync.dub(clip, voice, model="e2", output=work / "talk5_e2.mp4")
+
+    source, output = probe_video(clip), probe_video(result.output)
+    assert output.frame_count == source.frame_count
+    assert result.frames_changed >= 0.95 * source.frame_count
+    reference = work / "talk5_passthrough.mp4"
+    transcode_passthrough(clip, reference, audio=voice)
+    outside, _, _ = _compare_outside_mask(clip, result.output, reference)
+    assert outside >= 40.0
+    new, _ = load_audio(voice, rate=16000, mono=True)
+    out, _ = load_audio(result.output, rate=16000, mono=True)
+    assert _best_correlation(out[0], new[0]) > 0.9

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import InvalidOptionError, MissingDependencyError
+from ..errors import InvalidOptionError
 from .base import INTENSITIES, FaceFrame, Generator, SourceVideo
 
 _REGISTRY: dict[str, type[Generator]] = {}
 
-# Names the hosted API accepts whose neural models are not part of this build yet.
-_RESERVED = {
-    "e2": "a Wav2Lip-compatible ONNX model (issue #4)",
-    "e3": "a high-resolution Wav2Lip-compatible ONNX model (issue #4)",
-}
+# Names the hosted API accepts for neural models: ONNX files the user imports (the weights
+# are their authors', not ours), run by generators/onnx.py.
+_RESERVED = ("e2", "e3")
 
 
 def register(name: str) -> Callable[[type[Generator]], type[Generator]]:
@@ -39,15 +37,13 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
     if name in _REGISTRY:
         return _REGISTRY[name](intensity=intensity)
     if name in _RESERVED:
-        from ..models import require_model
+        from ..models import load_manifest, require_model
+        from .onnx import OnnxGenerator
 
         # Missing weights are the user's to import: say so before anything else.
-        require_model(name)
-        # TODO(#4): load the ONNX generators e2/e3 here.
-        raise MissingDependencyError(
-            f"model {name!r} is installed, but running {_RESERVED[name]} is not available yet",
-            hint="use model 'e1', the built-in renderer",
-        )
+        status = require_model(name)
+        # TODO(#4): user-registered ONNX models by their own names, with their contracts.
+        return OnnxGenerator(name, status, load_manifest()[name].contract, intensity=intensity)
     raise InvalidOptionError(f"unknown model {name!r}; available: {', '.join(available())}")
 
 
