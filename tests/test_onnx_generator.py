@@ -68,3 +68,21 @@ def test_batch_sizes_agree(e2, portrait):
         outputs[batch] = np.stack([f.image for f in frames])
     assert np.array_equal(outputs[1], outputs[32])
     assert not np.array_equal(outputs[1][0], outputs[1][1])  # the mel window matters
+
+
+def test_sharpening_restores_edges_of_the_upscaled_crop(e2, portrait):
+    image, landmarks = portrait
+    (x0, y0, x1, y1), alpha = lower_face_alpha(landmarks, image.shape)
+    edges = {}
+    for amount in (0.0, 1.0):
+        generator = get_generator("e2")
+        generator.sharpen = amount
+        generator.prepare(_features(1))
+        out = image.copy()
+        generator.render([FaceFrame(out, landmarks, 0, 0)])
+        roi = out[y0:y1, x0:x1].astype(float).mean(axis=2)
+        laplacian = np.abs(
+            roi[1:-1, 1:-1] * 4 - roi[:-2, 1:-1] - roi[2:, 1:-1] - roi[1:-1, :-2] - roi[1:-1, 2:]
+        )
+        edges[amount] = laplacian[alpha[1:-1, 1:-1] > 0.5].mean()
+    assert edges[1.0] > 1.1 * edges[0.0]
