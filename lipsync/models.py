@@ -42,6 +42,8 @@ DEFAULT_CONTRACT = "wav2lip96"
 # Built-in generators that need no file; a user model may not take their names.
 _BUILT_IN = {"e1"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# PyTorch checkpoints, converted by import_checkpoint rather than installed as they are.
+_CHECKPOINT_SUFFIXES = (".pth", ".pt")
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,8 @@ def import_onnx(
 ) -> ModelStatus:
     """Check an ONNX file against a contract, install a copy and record its SHA-256.
 
+    A PyTorch checkpoint (``.pth``, ``.pt``) is handed to :func:`import_checkpoint`.
+
     Args:
         path: the ``.onnx`` file; it is only read, never changed.
         name: the name jobs will ask for. Default: the manifest model whose file name
@@ -218,14 +222,68 @@ def import_onnx(
     source = Path(path)
     if not source.is_file():
         raise InvalidOptionError(f"no model file at {source}")
+    if source.suffix.lower() in _CHECKPOINT_SUFFIXES:
+        return import_checkpoint(source, name=name, contract=contract)
     if source.suffix.lower() != ".onnx":
-        # TODO(#4): convert the authors' PyTorch checkpoints (.pth) to ONNX here.
         raise InvalidFormatError(
-            f"{source.name}: only .onnx files can be imported for now, got {source.suffix!r}"
+            f"{source.name}: expected an .onnx file or a PyTorch checkpoint "
+            f"({', '.join(_CHECKPOINT_SUFFIXES)}), got {source.suffix!r}"
         )
 
     manifest = load_manifest()
     name = name or _default_name(source, manifest)
+    return _install(source, name, contract, imported_from=source)
+
+
+def import_checkpoint(
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    contract: ModelContract | str | None = None,
+) -> ModelStatus:
+    """Convert one of the authors' Wav2Lip 96 checkpoints to ONNX, verify it and install it.
+
+    The weights are loaded into lipsync's own implementation of the generator, exported to
+    ONNX in a temporary folder, compared with PyTorch on random inputs (largest difference
+    below 1e-4, onnxruntime CPU) and then installed as :func:`import_onnx` installs a file.
+    Needs torch (``pip install 'lipsync[convert]'``).
+
+    Args:
+        path: the ``.pth`` checkpoint (``{"state_dict": ...}`` as the authors save it, or a
+            bare state dict); it is read with ``weights_only``, so no code in it runs.
+        name: the name jobs will ask for. Default: the manifest model whose checkpoint file
+            name matches (``wav2lip.pth`` is ``e2``, ``wav2lip_gan.pth`` is ``e3``), else the
+            file's stem.
+        contract: as for :func:`import_onnx`; the converted file must honour it.
+
+    Raises:
+        MissingDependencyError: torch is not installed.
+        InvalidOptionError: no such file, or an unusable name.
+        InvalidFormatError: not a checkpoint, or its weights do not fit the generator.
+        InternalError: the export does not reproduce the PyTorch output.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise InvalidOptionError(f"no checkpoint file at {source}")
+    manifest = load_manifest()
+    name = name or _default_name(source, manifest)
+    _check_name(name)
+
+    from .convert.wav2lip import convert_checkpoint  # imports torch
+
+    with tempfile.TemporaryDirectory(prefix="lipsync-convert-") as folder:
+        converted = Path(folder) / f"{name}.onnx"
+        report = convert_checkpoint(source, converted)
+        logger.info(
+            "converted %s: torch-vs-ONNX max abs difference %.2e", source, report.max_abs_diff
+        )
+        return _install(converted, name, contract, imported_from=source)
+
+
+def _install(
+    source: Path, name: str, contract: ModelContract | str | None, *, imported_from: Path
+) -> ModelStatus:
+    """Check an ONNX file against its contract, copy it into models_home() and record it."""
+    manifest = load_manifest()
     entry = manifest.get(name)
     _check_name(name)
     if contract is None:
@@ -252,13 +310,13 @@ def import_onnx(
     record = {
         "file": file_name,
         "sha256": digest,
-        "imported_from": str(source.resolve()),
+        "imported_from": str(imported_from.resolve()),
         "contract": asdict(contract),
     }
     registry = _read_registry()
     registry[name] = record
     _write_registry(registry)
-    logger.info("installed model %s from %s (sha256 %s)", name, source, digest[:12])
+    logger.info("installed model %s from %s (sha256 %s)", name, imported_from, digest[:12])
     return _status(name, entry, record)
 
 
@@ -367,7 +425,7 @@ def _status(name: str, entry: ModelEntry | None, record: dict[str, Any] | None) 
 
 def _default_name(source: Path, manifest: dict[str, ModelEntry]) -> str:
     for entry in manifest.values():
-        if entry.file == source.name:
+        if source.name in (entry.file, entry.checkpoint):
             return entry.name
     return source.stem
 
@@ -435,6 +493,7 @@ __all__ = [
     "ModelEntry",
     "ModelStatus",
     "check_onnx",
+    "import_checkpoint",
     "import_onnx",
     "list_models",
     "load_contract",
