@@ -77,10 +77,10 @@ def model_file(args) -> Path:
         from lipsync.models import require_model
 
         return require_model(args.model).path
-    from lipsync.convert.wav2lip import Wav2Lip, export_onnx
+    from lipsync.convert.wav2lip import Wav2Lip96, export_onnx
 
     out = Path(tempfile.mkdtemp(prefix="lipsync-gen-")) / "wav2lip_random.onnx"
-    export_onnx(Wav2Lip().eval(), out)
+    export_onnx(Wav2Lip96().eval(), out)
     return out
 
 

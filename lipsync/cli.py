@@ -144,7 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=_run_eval)
 
-    models = commands.add_parser("models", help="list the lip-sync models, or import one")
+    models = commands.add_parser(
+        "models", help="list the lip-sync models, or import or download one"
+    )
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_run_models_list)
     actions = models.add_subparsers(dest="models_action")
@@ -157,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     adding.add_argument("--contract", help="input contract from the manifest (default: wav2lip96)")
     adding.add_argument("--json", action="store_true", help="print JSON instead of text")
     adding.set_defaults(run=_run_models_import)
+    pull = actions.add_parser("pull", help="download a model, check it and install it")
+    pull.add_argument("name", help="a manifest model (e2, e3) or a name of your own with --url")
+    pull.add_argument("--url", help="download from here instead of the manifest's source")
+    pull.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pull.set_defaults(run=_run_models_pull)
     return parser
 
 
@@ -428,6 +436,30 @@ def _run_models_import(args: argparse.Namespace) -> int:
     from .models import import_onnx
 
     status = import_onnx(args.path, name=args.name, contract=args.contract)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(f"installed {status.name}: {status.path} (sha256 {status.sha256})")
+    return 0
+
+
+def _run_models_pull(args: argparse.Namespace) -> int:
+    from .downloads import pull_model
+
+    bar = None
+    if not (args.quiet or args.json):
+        bar = tqdm(desc=f"{args.name:>8}", unit="B", unit_scale=True, unit_divisor=1024)
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        status = pull_model(args.name, url=args.url, progress=None if bar is None else progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
     if args.json:
         print(json.dumps(status.to_dict(), indent=2))
     else:
