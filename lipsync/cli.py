@@ -153,8 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list models (the default)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=_run_models_list)
-    adding = actions.add_parser("import", help="check an ONNX file and install it")
-    adding.add_argument("path", type=Path, help="the model's .onnx file (it is not changed)")
+    adding = actions.add_parser(
+        "import", help="check an ONNX file (or convert the authors' .pth) and install it"
+    )
+    adding.add_argument(
+        "path", type=Path, help="the model's .onnx file or .pth checkpoint (it is not changed)"
+    )
     adding.add_argument("--name", help="name jobs use (default: e2/e3 by file name, else stem)")
     adding.add_argument("--contract", help="input contract from the manifest (default: wav2lip96)")
     adding.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -185,7 +185,8 @@ def require_model(name: str) -> ModelStatus:
         where = f"{status.title}, " if status.title else ""
         raise ModelNotInstalledError(
             f"model {name!r} ({where}{status.licence or 'weights not shipped'}) is not installed",
-            hint=f"import its ONNX file: python -m lipsync models import PATH --name {name}",
+            hint=f"import its ONNX file or the authors' .pth checkpoint: "
+            f"python -m lipsync models import PATH --name {name}",
         )
     if not status.verified:
         raise DataCorruptedError(
