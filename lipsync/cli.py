@@ -1,4 +1,4 @@
-"""The command line: ``python -m lipsync dub | inspect | eval | demo | models``.
+"""The command line: ``python -m lipsync dub | inspect | eval | demo | models | serve``.
 
 All printing and exit codes live here; the library only returns results and raises.
 """
@@ -169,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("--json", action="store_true", help="print JSON instead of text")
     pull.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pull.set_defaults(run=_run_models_pull)
+
+    serve = commands.add_parser(
+        "serve", help="run the REST shim (keys from LIPSYNC_API_KEYS; needs lipsync[server])"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="jobs run at the same time")
+    serve.set_defaults(run=_run_serve)
     return parser
 
 
@@ -473,3 +481,17 @@ def _run_models_pull(args: argparse.Namespace) -> int:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .errors import MissingDependencyError
+
+    try:
+        from .server.app import serve
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the REST shim needs FastAPI and uvicorn ({exc.name} is missing)",
+            hint="pip install 'lipsync[server]'",
+        ) from exc
+    serve(args.host, args.port, args.workers)
+    return 0

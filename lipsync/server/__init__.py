@@ -1,0 +1,6 @@
+"""The REST shim: the hosted visual-dubbing API's endpoints over :func:`lipsync.dub`.
+
+``create_app`` builds the FastAPI application (``lipsync.server.app``); the durable store is
+``lipsync.server.store`` and the worker pool that runs the jobs is ``lipsync.server.jobs``.
+Everything here needs the ``server`` extra: ``pip install 'lipsync[server]'``.
+"""

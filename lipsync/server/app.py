@@ -1,0 +1,425 @@
+"""The FastAPI application: the hosted API's endpoints, shapes and error codes.
+
+``create_app`` wires a :class:`Store` and a :class:`WorkerPool` into an app under
+``/neuralgarage/saas/api/v1/clients``; ``serve`` runs it with uvicorn. Clients send their
+key in ``x-api-key`` and see only their own assets and requests.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import InvalidOptionError, LipsyncError
+from ..generators import available
+from ..media import probe_audio, validate_video
+from .jobs import JobSettings, WorkerPool
+from .store import FAILED, PENDING, RUNNING, SUCCESS, Asset, Store, UploadTooLargeError, key_id
+
+logger = logging.getLogger(__name__)
+
+BASE_PATH = "/neuralgarage/saas/api/v1/clients"
+
+# The API's (status, status_code) words for each stored state.
+STATUS_WORDS = {
+    PENDING: ("Pending", "pending"),
+    RUNNING: ("In Progress", "in_progress"),
+    SUCCESS: ("Success", "success"),
+    FAILED: ("Failed", "failed"),
+}
+# HTTP status for each error code the library raises.
+HTTP_STATUS = {"ERR_003": 500, "ERR_004": 422, "ERR_007": 400, "ERR_008": 400, "ERR_009": 400}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits and job options for one server."""
+
+    max_upload_bytes: int = 2 << 30  # one uploaded file; larger ones are refused (413)
+    jobs: JobSettings = field(default_factory=JobSettings)  # how the workers run dub
+
+
+class ApiError(Exception):
+    """A refusal that is not a library error: bad key, unknown id, malformed request."""
+
+    def __init__(self, http_status: int, status_code: str, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.status_code = status_code
+        self.message = message
+
+
+def default_home() -> Path:
+    """``$LIPSYNC_HOME`` if set, else the user's data directory."""
+    home = os.environ.get("LIPSYNC_HOME")
+    return Path(home) if home else Path(platformdirs.user_data_dir("lipsync"))
+
+
+def keys_from_env() -> list[str]:
+    """The API keys in ``LIPSYNC_API_KEYS`` (comma-separated; blanks ignored)."""
+    return [k.strip() for k in os.environ.get("LIPSYNC_API_KEYS", "").split(",") if k.strip()]
+
+
+def create_app(
+    home: Path | None = None,
+    keys: Iterable[str] | None = None,
+    *,
+    workers: int = 1,
+    settings: ServerSettings | None = None,
+) -> FastAPI:
+    """The shim as an ASGI app; its workers start and stop with the app's lifespan.
+
+    Args:
+        home: where the store lives (``<home>/server``); default :func:`default_home`.
+        keys: accepted API keys; default :func:`keys_from_env`. At least one is needed.
+        workers: job threads (each runs one ``dub`` at a time).
+        settings: upload limit and job options.
+
+    Raises:
+        InvalidOptionError: no API key is configured, or ``workers`` is below 1.
+    """
+    accepted = list(keys) if keys is not None else keys_from_env()
+    if not accepted:
+        raise InvalidOptionError(
+            "no API key configured",
+            hint="set LIPSYNC_API_KEYS=key1,key2, or pass keys= to create_app",
+        )
+    if workers < 1:
+        raise InvalidOptionError(f"workers must be at least 1, got {workers}")
+    settings = settings or ServerSettings()
+    store = Store(home or default_home())
+    pool = WorkerPool(store, workers, settings.jobs)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        pool.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.stop)
+
+    app = FastAPI(title="lipsync REST shim", lifespan=lifespan)
+    app.state.store = store
+    app.state.pool = pool
+    _install_error_handlers(app)
+
+    def client(x_api_key: str | None = Header(default=None)) -> str:
+        if x_api_key and any(hmac.compare_digest(x_api_key, k) for k in accepted):
+            return key_id(x_api_key)
+        raise ApiError(401, "unauthorized", "Missing or invalid API key (header x-api-key)")
+
+    @app.post(BASE_PATH + "/visualdub", status_code=201)
+    async def visualdub(request: Request, key: str = Depends(client)) -> JSONResponse:
+        job = await _parse_job(request, key, store, settings)
+        created = store.create_request(
+            key, job["model"], job["intensity"], job["video"].id, job["audio"].id, job["webhook"]
+        )
+        pool.notify()
+        data = {
+            "request_id": created.request_id,
+            "assets": [
+                {"type": "video", "asset_id": job["video"].id},
+                {"type": "audio", "asset_id": job["audio"].id},
+            ],
+            "credit_details": {"credits_deducted": 0},
+        }
+        return JSONResponse({"status": "success", "message": "Job Created", "data": data}, 201)
+
+    @app.get(BASE_PATH + "/get_status")
+    def get_status(request_id: str = Query(...), key: str = Depends(client)) -> dict:
+        job = _owned_request(store, key, request_id)
+        status, code = STATUS_WORDS[job.status]
+        data: dict[str, Any] = {
+            "request_id": job.request_id,
+            "status": status,
+            "status_code": code,
+            "assets": {"video": job.video_asset, "audio": job.audio_asset},
+            "phase": job.phase,
+            "progress": job.progress,
+        }
+        if job.status == FAILED:
+            data["error"] = _job_error(job)
+        return {"status": "success", "message": "Request status fetched", "data": data}
+
+    @app.get(BASE_PATH + "/get_file", response_model=None)
+    def get_file(
+        request_id: str = Query(...), key: str = Depends(client)
+    ) -> FileResponse | JSONResponse | dict:
+        job = _owned_request(store, key, request_id)
+        if job.status == FAILED:
+            error = _job_error(job)
+            body = {"status": "failed", "message": error["message"], "data": error}
+            return JSONResponse(body, HTTP_STATUS.get(job.error_code, 500))
+        if job.status != SUCCESS or job.output is None:
+            data = {
+                "request_id": job.request_id,
+                "status": "in_progress",
+                "status_code": 102,
+                "message": "Job is still processing. Please try again later.",
+            }
+            return {"status": "success", "data": data}
+        # Starlette's FileResponse streams the file and answers Range requests (206).
+        return FileResponse(job.output, media_type="video/mp4", filename="output.mp4")
+
+    @app.get(BASE_PATH + "/list_requests")
+    def list_requests(
+        limit: int = Query(10, ge=1, le=1000),
+        page_no: int = Query(0, ge=0),
+        key: str = Depends(client),
+    ) -> dict:
+        rows, total = store.list_requests(key, limit, page_no * limit)
+        data = []
+        for job in rows:
+            status, code = STATUS_WORDS[job.status]
+            data.append(
+                {
+                    "request_id": job.request_id,
+                    "status": status,
+                    "status_code": code,
+                    "created_at": job.created_at,
+                    "completed_at": job.completed_at,
+                }
+            )
+        return {
+            "status": "success",
+            "message": "Requests listed",
+            "data": data,
+            "total_requests": total,
+            "end_of_records": (page_no + 1) * limit >= total,
+        }
+
+    @app.get(BASE_PATH + "/list_assets")
+    def list_assets(key: str = Depends(client)) -> dict:
+        data = [_asset_json(a) for a in store.list_assets(key)]
+        return {"status": "success", "message": "Assets listed", "data": data}
+
+    @app.get(BASE_PATH + "/get_asset")
+    def get_asset(asset_id: int = Query(...), key: str = Depends(client)) -> dict:
+        asset = store.get_asset(key, asset_id)
+        if asset is None:
+            raise ApiError(404, "not_found", "Asset not found")
+        return {"status": "success", "message": "Asset Fetched", "data": _asset_json(asset)}
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the shim with uvicorn until interrupted (keys from ``LIPSYNC_API_KEYS``)."""
+    import uvicorn
+
+    uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="info")
+
+
+# --- request parsing ----------------------------------------------------------------------
+
+
+async def _parse_job(request: Request, key: str, store: Store, settings: ServerSettings) -> dict:
+    """Model, intensity, webhook and the two assets of a POST /visualdub, in any input mode."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()
+        fields = {name: value for name, value in form.items()}
+    elif content_type.startswith("application/json") or not content_type:
+        try:
+            fields = await request.json()
+        except ValueError:
+            raise ApiError(400, "invalid_request", "The body is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise ApiError(400, "invalid_request", "The body must be a JSON object")
+    else:
+        raise ApiError(
+            400, "invalid_request", "Send application/json or a form (multipart or urlencoded)"
+        )
+
+    model = _model(fields.get("model"))
+    intensity = _intensity(fields)
+    webhook = _webhook(fields.get("webhook"))
+
+    chosen: dict[str, Asset] = {}
+    for media_type in ("video", "audio"):
+        chosen[media_type] = await _asset_for(media_type, fields, key, store, settings)
+    return {"model": model, "intensity": intensity, "webhook": webhook, **chosen}
+
+
+async def _asset_for(
+    media_type: str, fields: dict, key: str, store: Store, settings: ServerSettings
+) -> Asset:
+    """The asset of one type: an uploaded file, a form asset id, or an entry of ``assets``."""
+    upload = fields.get(media_type)
+    if isinstance(upload, UploadFile):
+        return await run_in_threadpool(_keep_upload, upload, media_type, key, store, settings)
+
+    asset_id = fields.get(f"{media_type}_asset_id")
+    if asset_id is None:
+        for entry in _assets_list(fields.get("assets")):
+            if entry.get("type") == media_type:
+                if entry.get("url") is not None and entry.get("asset_id") is None:
+                    # TODO(#5): fetch URL assets (http(s) only, with timeouts and size limits).
+                    raise ApiError(400, "invalid_request", "URL assets are not supported yet")
+                asset_id = entry.get("asset_id")
+    if asset_id is None:
+        raise ApiError(400, "invalid_request", f"No {media_type} given (file, asset id or url)")
+
+    try:
+        number = int(asset_id)
+    except (TypeError, ValueError):
+        raise ApiError(
+            400, "invalid_request", f"{media_type} asset id must be an integer"
+        ) from None
+    asset = store.get_asset(key, number)
+    if asset is None or asset.media_type != media_type:
+        raise ApiError(404, "not_found", f"Asset not found: {media_type} asset {number}")
+    return asset
+
+
+def _keep_upload(
+    upload: UploadFile, media_type: str, key: str, store: Store, settings: ServerSettings
+) -> Asset:
+    """Receive, check and keep one uploaded file (blocking: runs in a worker thread)."""
+    suffix = Path(upload.filename or "").suffix.lower()
+    received, sha256 = store.receive(upload.file, suffix, settings.max_upload_bytes)
+    try:
+        if media_type == "video":
+            validate_video(received, max_duration=settings.jobs.max_duration)
+        else:
+            probe_audio(received, max_duration=settings.jobs.max_duration)
+    except LipsyncError as exc:
+        received.unlink(missing_ok=True)
+        logger.info("refused a %s upload: %s", media_type, exc)
+        # The library's message names the temporary file; name the client's file instead.
+        named = exc.message.replace(received.name, repr(upload.filename or media_type))
+        raise type(exc)(f"{media_type} upload: {named}", hint=exc.hint) from exc
+    return store.add_asset(key, media_type, received, sha256)
+
+
+def _assets_list(value: Any) -> list[dict]:
+    if value is None:
+        return []
+    if isinstance(value, str):  # a form field carrying JSON
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ApiError(400, "invalid_request", "assets must be a JSON array") from None
+    if not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
+        raise ApiError(400, "invalid_request", "assets must be an array of objects")
+    return value
+
+
+def _model(value: Any) -> str:
+    if value is None:
+        raise ApiError(400, "invalid_request", "model is required (e.g. e1)")
+    names = available()
+    if value not in names:
+        raise ApiError(400, "invalid_request", f"Unknown model {value!r}; known: {names}")
+    return value
+
+
+def _intensity(fields: dict) -> int:
+    options = fields.get("options")
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            raise ApiError(400, "invalid_request", "options must be a JSON object") from None
+    raw = fields.get("intensity", 2)
+    if isinstance(options, dict):
+        raw = options.get("intensity", raw)
+    elif options is not None:
+        raise ApiError(400, "invalid_request", "options must be an object")
+    try:
+        intensity = int(raw)
+    except (TypeError, ValueError):
+        intensity = 0
+    if intensity not in (1, 2, 3) or isinstance(raw, bool):
+        raise ApiError(400, "invalid_request", f"options.intensity must be 1, 2 or 3, got {raw!r}")
+    return intensity
+
+
+def _webhook(value: Any) -> str | None:
+    """The webhook as JSON text: a URL string or an object with url, headers and params."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ApiError(400, "invalid_request", "webhook is not valid JSON") from None
+    if isinstance(value, str):
+        value = {"url": value, "headers": {}, "params": {}}
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+        raise ApiError(400, "invalid_request", "webhook must be a URL or an object with a url")
+    return json.dumps(value)
+
+
+# --- responses ----------------------------------------------------------------------------
+
+
+def _owned_request(store: Store, key: str, request_id: str):
+    job = store.get_request(key, request_id)
+    if job is None:
+        raise ApiError(404, "not_found", "Request ID not found")
+    return job
+
+
+def _job_error(job) -> dict[str, str]:
+    return {
+        "error_code": job.error_code,
+        "error_name": job.error_name,
+        "message": job.error_message,
+    }
+
+
+def _asset_json(asset: Asset) -> dict:
+    return {"asset_id": asset.id, "media_type": asset.media_type}
+
+
+def _failed(http_status: int, message: str, data: dict | None = None, **extra) -> JSONResponse:
+    body: dict[str, Any] = {"status": "failed", "message": message, **extra}
+    if data is not None:
+        body["data"] = data
+    return JSONResponse(body, http_status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal answers in the API's failure shape, never FastAPI's default one."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _failed(exc.http_status, exc.message, status_code=exc.status_code)
+
+    @app.exception_handler(LipsyncError)
+    async def library_error(_request: Request, exc: LipsyncError) -> JSONResponse:
+        if isinstance(exc, InvalidOptionError):
+            return _failed(400, str(exc), exc.to_dict(), status_code="invalid_request")
+        if isinstance(exc, UploadTooLargeError):
+            return _failed(413, str(exc), exc.to_dict())
+        return _failed(HTTP_STATUS.get(exc.code, 500), str(exc), exc.to_dict())
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors()
+        )
+        return _failed(400, f"Invalid request: {problems}", status_code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        word = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
+            exc.status_code, "invalid_request"
+        )
+        return _failed(exc.status_code, str(exc.detail), status_code=word)

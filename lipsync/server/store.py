@@ -1,0 +1,316 @@
+"""The shim's durable store: SQLite (WAL) for assets and requests, a folder for media.
+
+Everything lives under ``<home>/server``: ``lipsync.db``, ``media/`` (uploads, named by
+content hash) and ``outputs/`` (finished videos, named by request id). API keys are never
+written down; rows carry a short hash of the key that owns them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import LimitExceededError
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS assets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created TEXT NOT NULL,
+    UNIQUE (key, media_type, sha256)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    model TEXT NOT NULL,
+    intensity INTEGER NOT NULL,
+    webhook TEXT,
+    status TEXT NOT NULL,
+    phase TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    completed_at TEXT,
+    error_code TEXT,
+    error_name TEXT,
+    error_message TEXT,
+    video_asset INTEGER NOT NULL REFERENCES assets (id),
+    audio_asset INTEGER NOT NULL REFERENCES assets (id),
+    output TEXT,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_key ON requests (key, seq);
+CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status, seq);
+"""
+
+# Request states as stored; the API's words for them are chosen in app.py.
+PENDING, RUNNING, SUCCESS, FAILED = "pending", "running", "success", "failed"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One stored upload, as one key sees it."""
+
+    id: int  # the API's integer asset_id
+    key: str  # hash of the owning API key
+    media_type: str  # "video" or "audio"
+    sha256: str  # of the file's bytes; one row per key, type and content
+    path: Path  # the media file on disk
+    created: str  # ISO time, UTC, seconds
+
+
+@dataclass(frozen=True)
+class Request:
+    """One dubbing job and where it stands."""
+
+    request_id: str  # 32 hex digits
+    key: str  # hash of the owning API key
+    model: str  # generator name
+    intensity: int  # 1..3
+    webhook: str | None  # the webhook as submitted, JSON text (not delivered yet)
+    status: str  # PENDING, RUNNING, SUCCESS or FAILED
+    phase: str | None  # the pipeline phase running now (or last run)
+    progress: float  # 0..100, across all phases
+    created_at: str  # ISO time, UTC, seconds
+    completed_at: str | None  # set on success or failure
+    error_code: str | None  # ERR_xxx when failed
+    error_name: str | None  # e.g. NO_FACE_FOUND
+    error_message: str | None  # for a person
+    video_asset: int  # asset id
+    audio_asset: int  # asset id
+    output: Path | None  # the finished video
+
+
+class UploadTooLargeError(LimitExceededError):
+    """An uploaded file is larger than the server accepts (HTTP 413, code ERR_009)."""
+
+
+def key_id(api_key: str) -> str:
+    """The short hash that stands for an API key in the store."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def now() -> str:
+    """The current UTC time as the API writes it: ``2026-04-07T04:13:23``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class Store:
+    """Assets, requests and media files under ``<home>/server``; safe to share across threads."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = Path(home) / "server"
+        self.media_dir = self.root / "media"
+        self.output_dir = self.root / "outputs"
+        self.upload_dir = self.root / "uploads"
+        for folder in (self.media_dir, self.output_dir, self.upload_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "lipsync.db"
+        # One writer at a time inside this process; SQLite's own lock covers other processes.
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    # --- assets ---------------------------------------------------------------------------
+
+    def receive(self, source: BinaryIO, suffix: str, limit: int) -> tuple[Path, str]:
+        """Copy an upload to a temporary file in chunks, hashing as it goes.
+
+        Returns the file (named with ``suffix``, so the media checks see the extension) and
+        its SHA-256. Raises UploadTooLargeError once more than ``limit`` bytes have come.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(dir=self.upload_dir, suffix=suffix.lower())
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                while block := source.read(_CHUNK):
+                    size += len(block)
+                    if size > limit:
+                        raise UploadTooLargeError(
+                            f"the upload is larger than the limit of {limit} bytes",
+                            hint="send a shorter or more compressed file",
+                        )
+                    digest.update(block)
+                    sink.write(block)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return Path(name), digest.hexdigest()
+
+    def add_asset(self, key: str, media_type: str, received: Path, sha256: str) -> Asset:
+        """Keep a received (and checked) file as an asset; the same bytes are kept once."""
+        target = self.media_dir / f"{sha256}{received.suffix}"
+        if target.exists():
+            received.unlink()
+        else:
+            os.replace(received, target)
+
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO assets (key, media_type, sha256, path, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, media_type, sha256, str(target), now()),
+            )
+            row = db.execute(
+                "SELECT * FROM assets WHERE key = ? AND media_type = ? AND sha256 = ?",
+                (key, media_type, sha256),
+            ).fetchone()
+        return _asset(row)
+
+    def get_asset(self, key: str, asset_id: int) -> Asset | None:
+        """The asset if it exists and belongs to ``key``; None otherwise (never another's)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM assets WHERE id = ? AND key = ?", (asset_id, key)
+            ).fetchone()
+        return None if row is None else _asset(row)
+
+    def list_assets(self, key: str) -> list[Asset]:
+        """All of a key's assets, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM assets WHERE key = ? ORDER BY id", (key,)).fetchall()
+        return [_asset(row) for row in rows]
+
+    # --- requests -------------------------------------------------------------------------
+
+    def create_request(
+        self, key: str, model: str, intensity: int, video: int, audio: int, webhook: str | None
+    ) -> Request:
+        """Queue a new job; it waits as PENDING until a worker claims it."""
+        request_id = uuid.uuid4().hex
+        with self._lock, self._connect() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
+            db.execute(
+                "INSERT INTO requests (request_id, key, model, intensity, webhook, status, "
+                "created_at, video_asset, audio_asset, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, key, model, intensity, webhook, PENDING, now(), video, audio, seq),
+            )
+        return self.get_request(key, request_id)
+
+    def get_request(self, key: str, request_id: str) -> Request | None:
+        """The request if it exists and belongs to ``key``; None otherwise."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM requests WHERE request_id = ? AND key = ?", (request_id, key)
+            ).fetchone()
+        return None if row is None else _request(row)
+
+    def list_requests(self, key: str, limit: int, offset: int) -> tuple[list[Request], int]:
+        """One page of a key's requests, newest first, and how many it has in all."""
+        with self._connect() as db:
+            total = db.execute("SELECT COUNT(*) FROM requests WHERE key = ?", (key,)).fetchone()[0]
+            rows = db.execute(
+                "SELECT * FROM requests WHERE key = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (key, limit, offset),
+            ).fetchall()
+        return [_request(row) for row in rows], total
+
+    def claim_next(self) -> Request | None:
+        """Mark the oldest PENDING request RUNNING and return it; None when none waits."""
+        with self._lock, self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM requests WHERE status = ? ORDER BY seq LIMIT 1", (PENDING,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE requests SET status = ?, progress = 0 WHERE request_id = ?",
+                (RUNNING, row["request_id"]),
+            )
+        return self._by_id(row["request_id"])
+
+    def requeue_running(self) -> int:
+        """Put requests left RUNNING by a stopped server back in the queue; how many."""
+        with self._lock, self._connect() as db:
+            moved = db.execute(
+                "UPDATE requests SET status = ?, phase = NULL, progress = 0 WHERE status = ?",
+                (PENDING, RUNNING),
+            ).rowcount
+        if moved:
+            logger.info("requeued %d request(s) left running", moved)
+        return moved
+
+    def set_progress(self, request_id: str, phase: str, progress: float) -> None:
+        """Record the phase a running job is in and its overall progress (0..100)."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE requests SET phase = ?, progress = ? WHERE request_id = ?",
+                (phase, round(progress, 1), request_id),
+            )
+
+    def finish(self, request_id: str, output: Path) -> None:
+        """Mark a job done, with its output video."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE requests SET status = ?, progress = 100, completed_at = ?, output = ? "
+                "WHERE request_id = ?",
+                (SUCCESS, now(), str(output), request_id),
+            )
+
+    def fail(self, request_id: str, code: str, name: str, message: str) -> None:
+        """Mark a job failed, with the error a client will see."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE requests SET status = ?, completed_at = ?, error_code = ?, "
+                "error_name = ?, error_message = ? WHERE request_id = ?",
+                (FAILED, now(), code, name, message, request_id),
+            )
+
+    def asset_path(self, asset_id: int) -> Path:
+        """The media file of an asset, whoever owns it (for the workers)."""
+        with self._connect() as db:
+            row = db.execute("SELECT path FROM assets WHERE id = ?", (asset_id,)).fetchone()
+        return Path(row["path"])
+
+    def _by_id(self, request_id: str) -> Request:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return _request(row)
+
+
+def _asset(row: sqlite3.Row) -> Asset:
+    return Asset(
+        id=row["id"],
+        key=row["key"],
+        media_type=row["media_type"],
+        sha256=row["sha256"],
+        path=Path(row["path"]),
+        created=row["created"],
+    )
+
+
+def _request(row: sqlite3.Row) -> Request:
+    values = {f.name: row[f.name] for f in fields(Request)}
+    values["output"] = None if row["output"] is None else Path(row["output"])
+    return Request(**values)
