@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,7 +24,17 @@ def cache_dir() -> Path:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes: the key that says two paths hold the same video."""
+    """SHA-256 of a file's bytes: the key that says two paths hold the same video.
+
+    Remembered per (path, size, modification time), so the phases that each key their
+    cache on it read a long video once, not once per phase.
+    """
+    stat = os.stat(path)
+    return _digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(_CHUNK):
