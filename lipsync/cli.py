@@ -1,4 +1,4 @@
-"""The command line: ``python -m lipsync dub | inspect | eval | demo | models | serve``.
+"""The command line: ``python -m lipsync dub | batch | inspect | eval | demo | models | serve``.
 
 All printing and exit codes live here; the library only returns results and raises.
 """
@@ -113,6 +113,19 @@ def _parser() -> argparse.ArgumentParser:
     _add_dub_options(dub)
     dub.set_defaults(run=_run_dub)
 
+    batch = commands.add_parser(
+        "batch",
+        help="dub every item of a CSV or JSONL list (exit 0: all ok or skipped, 1: any failed)",
+    )
+    batch.add_argument("list", type=Path, help="CSV (video,audio,output[,option...]) or JSONL")
+    batch.add_argument("--jobs", type=int, default=1, help="videos dubbed at once (default 1)")
+    batch.add_argument(
+        "--summary", type=Path, help="summary JSON (default: LIST's name + .summary.json)"
+    )
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+    batch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(run=_run_batch)
+
     inspect = commands.add_parser("inspect", help="list a video's scenes and faces")
     inspect.add_argument("video", type=Path)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -191,7 +204,9 @@ def _add_dub_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--preset", default="veryfast", help="x264 preset")
     sub.add_argument("--max-duration", type=float, default=3600.0, help="seconds (ERR_009)")
     sub.add_argument("--workers", type=int, help="face-analysis processes (default: all cores)")
-    sub.add_argument("--no-cache", action="store_true", help="recompute the scene list")
+    sub.add_argument(
+        "--no-cache", action="store_true", help="recompute the scene list and the faces"
+    )
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -269,6 +284,7 @@ def _result_json(result) -> dict:
         "faces_found": result.faces_found,
         "scenes": len(result.scenes),
         "scenes_from_cache": result.scenes_from_cache,
+        "faces_from_cache": result.faces_from_cache,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
 
@@ -279,9 +295,43 @@ def _result_text(result) -> str:
         f"wrote {result.output}\n"
         f"  {result.frames_written} frames ({result.duration:.2f} s), "
         f"{result.frames_changed} re-rendered; {len(result.scenes)} scene(s)"
-        f"{' (cached)' if result.scenes_from_cache else ''}, {result.faces_found} face track(s)\n"
+        f"{' (cached)' if result.scenes_from_cache else ''}, {result.faces_found} face track(s)"
+        f"{' (cached)' if result.faces_from_cache else ''}\n"
         f"  {phases}; total {result.timings['total']:.1f}s"
     )
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """Exit 0 when every item is ok or skipped, 1 when any failed (see the summary)."""
+    from .batch import read_list, run_batch, summary_table
+
+    items = read_list(args.list)
+    summary_path = args.summary or args.list.with_name(f"{args.list.stem}.summary.json")
+    bar = None
+    if not (args.quiet or args.json):
+        bar = tqdm(total=len(items), desc="   batch", unit="item")
+
+    def progress(done: int, total: int, result) -> None:
+        bar.set_postfix_str(f"{Path(result.output).name} {result.status}")
+        bar.update(done - bar.n)
+
+    try:
+        summary = run_batch(
+            items,
+            jobs=args.jobs,
+            progress=None if bar is None else progress,
+            summary_path=summary_path,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(summary_table(summary))
+        print(f"summary: {summary_path}")
+    return 1 if summary.failed else 0
 
 
 def _run_inspect(args: argparse.Namespace) -> int:

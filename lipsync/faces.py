@@ -68,6 +68,8 @@ DISCOVER_EVERY = 10
 _CROP_SCALE = 2.0
 _FOLLOW_SCALE = 1.6
 
+# Bump when the analysis or the stored layout changes, so old cache entries are ignored.
+
 
 @dataclass
 class FaceTrack:
@@ -92,6 +94,7 @@ class FaceResult:
     # track position -> open-mouth samples of that face, cut at full resolution, one per
     # band of openings (see lipsync.mouths); a track that never opens its mouth has none.
     mouths: dict[int, list[MouthSample]] = field(default_factory=dict)
+    from_cache: bool = False  # read from the face cache: nothing was decoded or analysed
     _by_frame: dict[int, list[tuple[int, int]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,7 @@ def detect_faces(
     workers: int | None = None,
     analysis_size: int = 640,
     smoothing: float = 1.0,
+    use_cache: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FaceResult:
     """Find, track and smooth the faces of each scene.
@@ -166,6 +170,9 @@ def detect_faces(
             Sources smaller than this are analysed as they are.
         smoothing: strength of the temporal landmark filter: 0 turns it off, 1 is the
             measured default, 2 doubles every kernel width (see smooth_landmarks).
+        use_cache: read and write the result in the cache (kind ``"faces"``), keyed by the
+            video's bytes, the scenes and every argument above but ``workers``; a damaged
+            or stale entry is ignored and rewritten.
         progress: called as ``progress(done, total)`` in frames as the analysis advances.
 
     Returns:
@@ -177,6 +184,36 @@ def detect_faces(
         MissingDependencyError: mediapipe is not installed.
     """
     _check_options(select, workers, analysis_size, smoothing)
+    # Imported here: the cache module builds FaceResults, so it imports this one.
+    from .face_cache import cache_key, load_cached_faces, store_cached_faces
+
+    key = cache_key(info, scenes, select, analysis_size, smoothing) if use_cache else None
+    if key is not None:
+        cached = load_cached_faces(key, info.frame_count)
+        if cached is not None:
+            logger.info(
+                "faces of %s taken from the cache (%d track(s))", info.path.name, len(cached.tracks)
+            )
+            if progress is not None:
+                progress(info.frame_count, info.frame_count)
+            return cached
+
+    result = _detect_faces(info, scenes, select, workers, analysis_size, smoothing, progress)
+    if key is not None:
+        store_cached_faces(key, result)
+    return result
+
+
+def _detect_faces(
+    info: VideoInfo,
+    scenes: Sequence[Scene],
+    select: str | int,
+    workers: int | None,
+    analysis_size: int,
+    smoothing: float,
+    progress: Callable[[int, int], None] | None,
+) -> FaceResult:
+    """detect_faces without the cache."""
     chunks = plan_chunks(scenes, info.frame_count)
     total = sum(chunk.stop - chunk.start for chunk in chunks)
     if workers is None:

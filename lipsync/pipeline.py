@@ -55,7 +55,7 @@ class DubOptions:
     max_duration: float | None = 3600.0  # seconds; longer inputs are refused (ERR_009)
     scene_threshold: float = 27.0  # PySceneDetect content threshold for a cut
     workers: int | None = None  # face-analysis processes; None = one per core
-    use_cache: bool = True  # reuse the scene list of a video seen before
+    use_cache: bool = True  # reuse the scenes and faces of a video seen before
     batch_size: int = 16  # frames handed to the generator at once
     visemes: bool = True  # shape the mouth by the voice's phones (closures, rounding)
 
@@ -80,6 +80,7 @@ class DubResult:
     timings: dict[str, float]  # seconds per phase, plus "total"
     scenes: list[Scene]  # the scene list phase 1 found (or took from the cache)
     scenes_from_cache: bool  # phase 1 was skipped because this video was seen before
+    faces_from_cache: bool  # phase 2 was skipped: the same video, scenes and face options
     faces_found: int  # face tracks across all scenes
     frames_with_face: int  # source frames on which a face was tracked
     frames_changed: int  # output frames the generator re-rendered
@@ -154,6 +155,7 @@ def _dub(
                 scene_list.scenes,
                 select=opts.faces,
                 workers=opts.workers,
+                use_cache=opts.use_cache,
                 progress=_phase(progress, "faces"),
             )
         if faces.frames_with_face == 0:
@@ -185,6 +187,7 @@ def _dub(
         timings=timings,
         scenes=scene_list.scenes,
         scenes_from_cache=scene_list.from_cache,
+        faces_from_cache=faces.from_cache,
         faces_found=len(faces.tracks),
         frames_with_face=faces.frames_with_face,
         frames_changed=changed,
