@@ -321,7 +321,7 @@ def test_upload_over_the_size_limit_is_refused(server, demo, tmp_path):
         ({"assets": []}, "model is required"),
         ({"model": "nope"}, "Unknown model"),
         ({"model": "e1", "options": {"intensity": 7}}, "intensity"),
-        ({"model": "e1", "assets": [{"type": "video", "url": "https://example.com/v.mp4"}]}, "URL"),
+        ({"model": "e1", "assets": [{"type": "video", "url": "ftp://127.0.0.1/v.mp4"}]}, "URL"),
         ({"model": "e1"}, "No video given"),
     ],
 )

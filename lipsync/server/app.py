@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +29,15 @@ from ..errors import InvalidOptionError, LipsyncError
 from ..generators import available
 from ..media import probe_audio, validate_video
 from .jobs import JobSettings, WorkerPool
-from .store import FAILED, PENDING, RUNNING, SUCCESS, Asset, Store, UploadTooLargeError, key_id
+from .remote import check_http_url, fetch_into
+from .shapes import STATUS_WORDS, job_error, status_data
+from .store import FAILED, SUCCESS, Asset, Store, UploadTooLargeError, key_id
+from .webhooks import WebhookSender, WebhookSettings, load_secret, parse_webhook
 
 logger = logging.getLogger(__name__)
 
 BASE_PATH = "/neuralgarage/saas/api/v1/clients"
 
-# The API's (status, status_code) words for each stored state.
-STATUS_WORDS = {
-    PENDING: ("Pending", "pending"),
-    RUNNING: ("In Progress", "in_progress"),
-    SUCCESS: ("Success", "success"),
-    FAILED: ("Failed", "failed"),
-}
 # HTTP status for each error code the library raises.
 HTTP_STATUS = {"ERR_003": 500, "ERR_004": 422, "ERR_007": 400, "ERR_008": 400, "ERR_009": 400}
 
@@ -50,8 +46,10 @@ HTTP_STATUS = {"ERR_003": 500, "ERR_004": 422, "ERR_007": 400, "ERR_008": 400, "
 class ServerSettings:
     """Limits and job options for one server."""
 
-    max_upload_bytes: int = 2 << 30  # one uploaded file; larger ones are refused (413)
+    max_upload_bytes: int = 2 << 30  # one uploaded or fetched file; larger ones are refused (413)
+    fetch_timeout: float = 30.0  # seconds to connect to a URL asset's server and per read
     jobs: JobSettings = field(default_factory=JobSettings)  # how the workers run dub
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)  # attempts, backoff
 
 
 class ApiError(Exception):
@@ -81,6 +79,7 @@ def create_app(
     *,
     workers: int = 1,
     settings: ServerSettings | None = None,
+    webhook_secret: str | None = None,
 ) -> FastAPI:
     """The shim as an ASGI app; its workers start and stop with the app's lifespan.
 
@@ -89,6 +88,9 @@ def create_app(
         keys: accepted API keys; default :func:`keys_from_env`. At least one is needed.
         workers: job threads (each runs one ``dub`` at a time).
         settings: upload limit and job options.
+        webhook_secret: the key webhooks are signed with; default ``LIPSYNC_WEBHOOK_SECRET``,
+            else a random one kept in ``<home>/server/webhook.secret``
+            (see :mod:`lipsync.server.webhooks`).
 
     Raises:
         InvalidOptionError: no API key is configured, or ``workers`` is below 1.
@@ -103,7 +105,8 @@ def create_app(
         raise InvalidOptionError(f"workers must be at least 1, got {workers}")
     settings = settings or ServerSettings()
     store = Store(home or default_home())
-    pool = WorkerPool(store, workers, settings.jobs)
+    sender = WebhookSender(store, load_secret(store.root, webhook_secret), settings.webhooks)
+    pool = WorkerPool(store, workers, settings.jobs, on_done=sender.request_done)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -112,10 +115,12 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(pool.stop)
+            await run_in_threadpool(sender.stop)
 
     app = FastAPI(title="lipsync REST shim", lifespan=lifespan)
     app.state.store = store
     app.state.pool = pool
+    app.state.webhooks = sender
     _install_error_handlers(app)
 
     def client(x_api_key: str | None = Header(default=None)) -> str:
@@ -143,17 +148,7 @@ def create_app(
     @app.get(BASE_PATH + "/get_status")
     def get_status(request_id: str = Query(...), key: str = Depends(client)) -> dict:
         job = _owned_request(store, key, request_id)
-        status, code = STATUS_WORDS[job.status]
-        data: dict[str, Any] = {
-            "request_id": job.request_id,
-            "status": status,
-            "status_code": code,
-            "assets": {"video": job.video_asset, "audio": job.audio_asset},
-            "phase": job.phase,
-            "progress": job.progress,
-        }
-        if job.status == FAILED:
-            data["error"] = _job_error(job)
+        data = status_data(job)
         return {"status": "success", "message": "Request status fetched", "data": data}
 
     @app.get(BASE_PATH + "/get_file", response_model=None)
@@ -162,7 +157,7 @@ def create_app(
     ) -> FileResponse | JSONResponse | dict:
         job = _owned_request(store, key, request_id)
         if job.status == FAILED:
-            error = _job_error(job)
+            error = job_error(job)
             body = {"status": "failed", "message": error["message"], "data": error}
             return JSONResponse(body, HTTP_STATUS.get(job.error_code, 500))
         if job.status != SUCCESS or job.output is None:
@@ -267,11 +262,12 @@ async def _asset_for(
     asset_id = fields.get(f"{media_type}_asset_id")
     if asset_id is None:
         for entry in _assets_list(fields.get("assets")):
-            if entry.get("type") == media_type:
-                if entry.get("url") is not None and entry.get("asset_id") is None:
-                    # TODO(#5): fetch URL assets (http(s) only, with timeouts and size limits).
-                    raise ApiError(400, "invalid_request", "URL assets are not supported yet")
-                asset_id = entry.get("asset_id")
+            if entry.get("type") != media_type:
+                continue
+            if entry.get("url") is not None and entry.get("asset_id") is None:
+                url = check_http_url(entry["url"], media_type)
+                return await run_in_threadpool(_fetch_url, url, media_type, key, store, settings)
+            asset_id = entry.get("asset_id")
     if asset_id is None:
         raise ApiError(400, "invalid_request", f"No {media_type} given (file, asset id or url)")
 
@@ -293,6 +289,29 @@ def _keep_upload(
     """Receive, check and keep one uploaded file (blocking: runs in a worker thread)."""
     suffix = Path(upload.filename or "").suffix.lower()
     received, sha256 = store.receive(upload.file, suffix, settings.max_upload_bytes)
+    return _check_and_keep(
+        received, sha256, upload.filename or media_type, media_type, key, store, settings
+    )
+
+
+def _fetch_url(
+    url: str, media_type: str, key: str, store: Store, settings: ServerSettings
+) -> Asset:
+    """Download, check and keep one URL asset (blocking: runs in a worker thread)."""
+    received, sha256 = fetch_into(store, url, settings.max_upload_bytes, settings.fetch_timeout)
+    return _check_and_keep(received, sha256, url, media_type, key, store, settings)
+
+
+def _check_and_keep(
+    received: Path,
+    sha256: str,
+    name: str,
+    media_type: str,
+    key: str,
+    store: Store,
+    settings: ServerSettings,
+) -> Asset:
+    """Validate a received file like any upload, then keep it as an asset (or delete it)."""
     try:
         if media_type == "video":
             validate_video(received, max_duration=settings.jobs.max_duration)
@@ -302,7 +321,7 @@ def _keep_upload(
         received.unlink(missing_ok=True)
         logger.info("refused a %s upload: %s", media_type, exc)
         # The library's message names the temporary file; name the client's file instead.
-        named = exc.message.replace(received.name, repr(upload.filename or media_type))
+        named = exc.message.replace(received.name, repr(name))
         raise type(exc)(f"{media_type} upload: {named}", hint=exc.hint) from exc
     return store.add_asset(key, media_type, received, sha256)
 
@@ -351,19 +370,10 @@ def _intensity(fields: dict) -> int:
 
 
 def _webhook(value: Any) -> str | None:
-    """The webhook as JSON text: a URL string or an object with url, headers and params."""
+    """The webhook as JSON text ``{url, headers, params}``, from a URL string or an object."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ApiError(400, "invalid_request", "webhook is not valid JSON") from None
-    if isinstance(value, str):
-        value = {"url": value, "headers": {}, "params": {}}
-    if not isinstance(value, dict) or not isinstance(value.get("url"), str):
-        raise ApiError(400, "invalid_request", "webhook must be a URL or an object with a url")
-    return json.dumps(value)
+    return json.dumps(asdict(parse_webhook(value)))
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -374,14 +384,6 @@ def _owned_request(store: Store, key: str, request_id: str):
     if job is None:
         raise ApiError(404, "not_found", "Request ID not found")
     return job
-
-
-def _job_error(job) -> dict[str, str]:
-    return {
-        "error_code": job.error_code,
-        "error_name": job.error_name,
-        "message": job.error_message,
-    }
 
 
 def _asset_json(asset: Asset) -> dict:

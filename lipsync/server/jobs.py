@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import InternalError, LipsyncError
@@ -39,14 +40,25 @@ class JobSettings:
 
 
 class WorkerPool:
-    """``count`` threads running queued jobs until :meth:`stop`."""
+    """``count`` threads running queued jobs until :meth:`stop`.
 
-    def __init__(self, store: Store, count: int = 1, settings: JobSettings | None = None) -> None:
+    ``on_done`` is called with the request id after each job has been recorded as finished
+    or failed (the webhook sender); it must return quickly, and what it raises is logged.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        count: int = 1,
+        settings: JobSettings | None = None,
+        on_done: Callable[[str], None] | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError(f"need at least one worker, got {count}")
         self.store = store
         self.count = count
         self.settings = settings or JobSettings()
+        self.on_done = on_done
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -79,6 +91,15 @@ class WorkerPool:
                 self._wake.clear()
                 continue
             run_job(self.store, request, self.settings)
+            self._done(request.request_id)
+
+    def _done(self, request_id: str) -> None:
+        if self.on_done is None:
+            return
+        try:
+            self.on_done(request_id)
+        except Exception:  # the worker keeps going whatever a notification does
+            logger.exception("request %s: the completion callback failed", request_id)
 
 
 def run_job(store: Store, request: Request, settings: JobSettings) -> None:
@@ -110,7 +131,6 @@ def run_job(store: Store, request: Request, settings: JobSettings) -> None:
 
     store.finish(request.request_id, output)
     logger.info("request %s done: %s", request.request_id, output)
-    # TODO(#5): deliver the webhook (POST, documented headers and params, retries, HMAC).
 
 
 class _Progress:

@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_by_key ON requests (key, seq);
 CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status, seq);
+CREATE TABLE IF NOT EXISTS webhooks (
+    request_id TEXT PRIMARY KEY REFERENCES requests (request_id),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER,
+    last_error TEXT,
+    last_attempt_at TEXT,
+    delivered_at TEXT
+);
 """
 
 # Request states as stored; the API's words for them are chosen in app.py.
@@ -84,7 +92,7 @@ class Request:
     key: str  # hash of the owning API key
     model: str  # generator name
     intensity: int  # 1..3
-    webhook: str | None  # the webhook as submitted, JSON text (not delivered yet)
+    webhook: str | None  # the webhook as submitted, JSON text (delivery: WebhookState)
     status: str  # PENDING, RUNNING, SUCCESS or FAILED
     phase: str | None  # the pipeline phase running now (or last run)
     progress: float  # 0..100, across all phases
@@ -96,6 +104,18 @@ class Request:
     video_asset: int  # asset id
     audio_asset: int  # asset id
     output: Path | None  # the finished video
+
+
+@dataclass(frozen=True)
+class WebhookState:
+    """How delivering one request's webhook has gone so far."""
+
+    request_id: str  # whose webhook
+    attempts: int  # POSTs made, successful or not
+    last_status: int | None  # HTTP status of the last attempt; None when no answer came
+    last_error: str | None  # why the last attempt failed; None once delivered
+    last_attempt_at: str | None  # ISO time, UTC, seconds
+    delivered_at: str | None  # when a 2xx came back; None while undelivered
 
 
 class UploadTooLargeError(LimitExceededError):
@@ -284,6 +304,41 @@ class Store:
                 "error_name = ?, error_message = ? WHERE request_id = ?",
                 (FAILED, now(), code, name, message, request_id),
             )
+
+    def request(self, request_id: str) -> Request:
+        """A request by id, whoever owns it (for the workers and the webhook sender)."""
+        return self._by_id(request_id)
+
+    # --- webhooks -------------------------------------------------------------------------
+
+    def record_webhook_attempt(
+        self, request_id: str, status: int | None, error: str | None
+    ) -> WebhookState:
+        """Count one delivery attempt; ``error`` None means it was delivered."""
+        stamp = now()
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT INTO webhooks (request_id) VALUES (?) ON CONFLICT DO NOTHING",
+                (request_id,),
+            )
+            db.execute(
+                "UPDATE webhooks SET attempts = attempts + 1, last_status = ?, last_error = ?, "
+                "last_attempt_at = ?, delivered_at = ? WHERE request_id = ?",
+                (status, error, stamp, stamp if error is None else None, request_id),
+            )
+        return self.webhook_state(request_id)
+
+    def webhook_state(self, request_id: str) -> WebhookState | None:
+        """The delivery record of a request's webhook; None before the first attempt."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM webhooks WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return (
+            None
+            if row is None
+            else WebhookState(**{f.name: row[f.name] for f in fields(WebhookState)})
+        )
 
     def asset_path(self, asset_id: int) -> Path:
         """The media file of an asset, whoever owns it (for the workers)."""

@@ -1,0 +1,414 @@
+"""Webhook delivery and URL assets of the REST shim, against receivers on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import stat
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fastapi)")
+pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
+httpx = pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
+
+import uvicorn  # noqa: E402
+
+from lipsync.demo import make_demo_inputs  # noqa: E402
+from lipsync.errors import InvalidOptionError  # noqa: E402
+from lipsync.server.app import BASE_PATH, ServerSettings, create_app  # noqa: E402
+from lipsync.server.jobs import JobSettings  # noqa: E402
+from lipsync.server.store import Store  # noqa: E402
+from lipsync.server.webhooks import (  # noqa: E402
+    SECRET_ENV,
+    Webhook,
+    WebhookSender,
+    WebhookSettings,
+    load_secret,
+    parse_webhook,
+    sign,
+    target_url,
+)
+
+KEY = "key-hooks"
+SECRET = "test-secret"
+BASE_DELAY = 0.3  # seconds before the second attempt (0.6 before the third)
+# A 1 s, 128 px demo job takes a few seconds on 2 cores; leave room for a slow CI machine.
+JOB_TIMEOUT = 120.0
+
+
+# --- a loopback receiver: records POSTs, answers scripted statuses, serves files ------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 in a thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []  # each POST: path, query, headers, body, time
+        self.script: dict[str, list[int]] = {}  # path -> statuses to answer, in order
+        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                parts = urllib.parse.urlsplit(self.path)
+                with receiver.lock:
+                    receiver.calls.append(
+                        {
+                            "path": parts.path,
+                            "query": dict(urllib.parse.parse_qsl(parts.query)),
+                            "headers": dict(self.headers),
+                            "body": body,
+                            "time": time.monotonic(),
+                        }
+                    )
+                    statuses = receiver.script.get(parts.path, [])
+                    code = statuses.pop(0) if statuses else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def do_GET(self):
+                found = receiver.files.get(urllib.parse.urlsplit(self.path).path)
+                if found is None:
+                    self.send_error(404)
+                    return
+                data, content_type = found
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def posts(self, path: str) -> list[dict]:
+        with self.lock:
+            return [c for c in self.calls if c["path"] == path]
+
+    def wait_posts(self, path: str, count: int, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.posts(path)) < count:
+            assert time.monotonic() < deadline, f"{count} POST(s) to {path} did not arrive"
+            time.sleep(0.05)
+        return self.posts(path)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the shim hangs up on an oversized file on purpose; no traceback for that
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    served = Receiver()
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    """(base URL, app) of a running shim: one worker, 5 MB limit, fast webhook retries."""
+    settings = ServerSettings(
+        max_upload_bytes=5 << 20,
+        fetch_timeout=10.0,
+        jobs=JobSettings(face_workers=1, poll_interval=0.2),
+        webhooks=WebhookSettings(attempts=3, base_delay=BASE_DELAY, timeout=5.0),
+    )
+    app = create_app(
+        tmp_path_factory.mktemp("shim"), keys=[KEY], settings=settings, webhook_secret=SECRET
+    )
+
+    # Bind first, so the port is ours before uvicorn starts.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}{BASE_PATH}", app
+
+    uv.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_demo_inputs(tmp_path_factory.mktemp("demo"), seconds=1.0, size=128)
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"x-api-key": KEY}, timeout=60)
+
+
+def _wait(client: httpx.Client, request_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        data = client.get("/get_status", params={"request_id": request_id}).json()["data"]
+        if data["status_code"] in ("success", "failed"):
+            return data
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} did not finish in {JOB_TIMEOUT} s")
+
+
+def _refused(response: httpx.Response, http_status: int) -> dict:
+    assert response.status_code == http_status, response.text
+    body = response.json()
+    assert body["status"] == "failed" and body["message"]
+    return body
+
+
+def _signed(call: dict) -> bool:
+    expected = "sha256=" + hmac.new(SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(call["headers"].get("X-Lipsync-Signature", ""), expected)
+
+
+# --- end to end: URL assets dubbed, webhook retried and signed ------------------------------
+
+
+def test_url_assets_dub_and_the_webhook_arrives_after_a_retry(shim, receiver, inputs):
+    base, app = shim
+    receiver.files["/media/talk.mp4"] = (inputs.video.read_bytes(), "video/mp4")
+    # No extension in the URL: the type comes from Content-Type.
+    receiver.files["/media/voice"] = (inputs.audio.read_bytes(), "audio/x-wav")
+    receiver.script["/hook-a"] = [500]
+    payload = {
+        "model": "e1",
+        "assets": [
+            {"type": "video", "url": receiver.url + "/media/talk.mp4"},
+            {"type": "audio", "url": receiver.url + "/media/voice"},
+        ],
+        "webhook": {
+            "url": receiver.url + "/hook-a?source=shim",
+            "headers": {"X-Token": "abc"},
+            "params": {"job": 42},
+        },
+    }
+    with _client(base) as client:
+        response = client.post("/visualdub", json=payload)
+        assert response.status_code == 201, response.text
+        request_id = response.json()["data"]["request_id"]
+        status = _wait(client, request_id)
+        calls = receiver.wait_posts("/hook-a", 2)
+        listed = client.get("/list_assets").json()["data"]
+
+    assert status["status_code"] == "success", status
+    ids = {a["type"]: a["asset_id"] for a in response.json()["data"]["assets"]}
+    assert {"asset_id": ids["video"], "media_type": "video"} in listed
+    assert {"asset_id": ids["audio"], "media_type": "audio"} in listed
+
+    first, second = calls
+    assert second["time"] - first["time"] >= BASE_DELAY * 0.9, "backoff before the retry"
+    assert first["body"] == second["body"]
+    for call in calls:
+        assert call["query"] == {"source": "shim", "job": "42"}
+        assert call["headers"]["X-Token"] == "abc"
+        assert call["headers"]["Content-Type"] == "application/json"
+        assert _signed(call)
+    body = json.loads(second["body"])
+    assert body == {**status, "event": "completed"}
+
+    state = app.state.webhooks.store.webhook_state(request_id)
+    assert state.attempts == 2 and state.last_status == 200 and state.last_error is None
+    assert state.delivered_at is not None
+    time.sleep(BASE_DELAY * 3)
+    assert len(receiver.posts("/hook-a")) == 2, "no attempt after the delivery"
+
+
+def test_string_webhook_reports_a_failed_job(shim, receiver, inputs, tmp_path):
+    base, _app = shim
+    video = tmp_path / "wall.mp4"
+    _write_gray_video(video)
+    with _client(base) as client, open(video, "rb") as v, open(inputs.audio, "rb") as a:
+        response = client.post(
+            "/visualdub",
+            data={"model": "e1", "webhook": receiver.url + "/hook-b"},
+            files={"video": ("wall.mp4", v, "video/mp4"), "audio": ("a.wav", a, "audio/wav")},
+        )
+        assert response.status_code == 201, response.text
+        status = _wait(client, response.json()["data"]["request_id"])
+    (call,) = receiver.wait_posts("/hook-b", 1)
+
+    assert status["status_code"] == "failed"
+    assert _signed(call) and call["query"] == {}
+    body = json.loads(call["body"])
+    assert body["event"] == "failed"
+    assert body["error"]["error_code"] == "ERR_004"
+    assert body == {**status, "event": "failed"}
+
+
+# --- URL assets refused at submission -------------------------------------------------------
+
+
+def test_text_renamed_mp4_at_a_url_is_invalid_format(shim, receiver):
+    base, _app = shim
+    receiver.files["/fake.mp4"] = (b"only words, no video\n" * 50, "video/mp4")
+    payload = {
+        "model": "e1",
+        "assets": [{"type": "video", "url": receiver.url + "/fake.mp4"}],
+    }
+    with _client(base) as client:
+        before = client.get("/list_assets").json()["data"]
+        body = _refused(client.post("/visualdub", json=payload), 400)
+        after = client.get("/list_assets").json()["data"]
+    assert body["data"]["error_code"] == "ERR_008"
+    assert "/fake.mp4" in body["data"]["message"], "the message names the URL"
+    assert after == before
+
+
+def test_url_asset_over_the_size_limit_is_refused(shim, receiver):
+    base, _app = shim
+    receiver.files["/big.mp4"] = (bytes(6 << 20), "video/mp4")
+    payload = {"model": "e1", "assets": [{"type": "video", "url": receiver.url + "/big.mp4"}]}
+    with _client(base) as client:
+        body = _refused(client.post("/visualdub", json=payload), 413)
+    assert body["data"]["error_code"] == "ERR_009"
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("file:///etc/passwd", "http:// or https://"),
+        ("ftp://127.0.0.1/v.mp4", "http:// or https://"),
+        ("http:///no-host.mp4", "http:// or https://"),
+        ("missing", "could not download"),  # a closed port on 127.0.0.1 (filled in below)
+    ],
+)
+def test_bad_asset_urls_are_refused(shim, url, words):
+    base, _app = shim
+    if url == "missing":
+        url = f"http://127.0.0.1:{_closed_port()}/v.mp4"
+    payload = {"model": "e1", "assets": [{"type": "video", "url": url}]}
+    with _client(base) as client:
+        body = _refused(client.post("/visualdub", json=payload), 400)
+    assert body["status_code"] == "invalid_request"
+    assert words in body["message"]
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "ftp://127.0.0.1/hook",
+        {"headers": {}},
+        {"url": "http://127.0.0.1/hook", "headers": {"X-A": "1\r\nX-B: 2"}},
+        {"url": "http://127.0.0.1/hook", "params": ["a"]},
+    ],
+)
+def test_bad_webhooks_are_refused(shim, webhook):
+    base, _app = shim
+    with _client(base) as client:
+        body = _refused(client.post("/visualdub", json={"model": "e1", "webhook": webhook}), 400)
+    assert body["status_code"] == "invalid_request"
+    assert "webhook" in body["message"]
+
+
+# --- the sender on its own ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script, attempts", [([500, 502, 503], 3), ([404], 1)])
+def test_undeliverable_webhook_gives_up_and_leaves_the_job(tmp_path, receiver, script, attempts):
+    store = Store(tmp_path)
+    path = f"/give-up-{attempts}"
+    receiver.script[path] = list(script)
+    hook = json.dumps({"url": receiver.url + path, "headers": {}, "params": {}})
+    job = store.create_request("k", "e1", 2, 1, 2, hook)
+    store.finish(job.request_id, tmp_path / "out.mp4")
+
+    sender = WebhookSender(store, SECRET, WebhookSettings(attempts=3, base_delay=0.05))
+    sender.request_done(job.request_id)
+    assert sender.drain(timeout=10)
+    sender.stop()
+
+    state = store.webhook_state(job.request_id)
+    assert state.attempts == attempts == len(receiver.posts(path))
+    assert state.last_status == script[-1] and state.delivered_at is None
+    assert state.last_error == f"HTTP {script[-1]}"
+    assert store.request(job.request_id).status == "success"
+
+
+def test_sign_matches_hmac_sha256():
+    body = b'{"event":"completed"}'
+    digest = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert sign(body, "s3cret") == "sha256=" + digest
+    assert sign(body + b" ", "s3cret") != sign(body, "s3cret")
+
+
+def test_target_url_adds_params_to_the_query():
+    hook = Webhook("https://h.example/cb?a=1", {}, {"b": "x y", "c": "2"})
+    assert target_url(hook) == "https://h.example/cb?a=1&b=x+y&c=2"
+    assert target_url(parse_webhook("http://h.example/cb")) == "http://h.example/cb"
+
+
+def test_parse_webhook_accepts_both_documented_forms():
+    plain = parse_webhook("https://h.example/cb")
+    assert plain == Webhook("https://h.example/cb", {}, {})
+    text = '{"url": "https://h.example/cb", "headers": {"A": "1"}, "params": {"n": 3}}'
+    assert parse_webhook(text) == Webhook("https://h.example/cb", {"A": "1"}, {"n": "3"})
+    with pytest.raises(InvalidOptionError):
+        parse_webhook({"url": "javascript:alert(1)"})
+
+
+def test_secret_is_made_once_per_store_unless_given(tmp_path, monkeypatch):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    made = load_secret(tmp_path)
+    assert len(made) == 64 and load_secret(tmp_path) == made
+    assert stat.S_IMODE((tmp_path / "webhook.secret").stat().st_mode) == 0o600
+    (tmp_path / "other").mkdir()
+    assert load_secret(tmp_path / "other") != made, "each store has its own"
+
+    monkeypatch.setenv(SECRET_ENV, "from-env")
+    assert load_secret(tmp_path) == "from-env"
+    assert load_secret(tmp_path, "given") == "given"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write_gray_video(path: Path, seconds: float = 1.0, fps: int = 25) -> None:
+    """A plain grey clip: valid H.264 in MP4, with no face anywhere."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 128
+        stream.pix_fmt = "yuv420p"
+        image = np.full((128, 128, 3), 128, dtype=np.uint8)
+        for _ in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
