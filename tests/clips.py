@@ -92,3 +92,17 @@ def encode_audio(container, stream, samples: np.ndarray, rate: int) -> None:
         frame.sample_rate, frame.pts = rate, start
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
+
+
+def gray_video(path: Path, seconds: float = 1.0, fps: int = 25) -> Path:
+    """A plain grey clip: valid H.264 in MP4, with no face anywhere."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = 128
+        stream.pix_fmt = "yuv420p"
+        image = np.full((128, 128, 3), 128, dtype=np.uint8)
+        for _ in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from clips import gray_video
 
 pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fastapi)")
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
@@ -334,7 +335,7 @@ def test_bad_json_requests_are_invalid(server, payload, word):
 
 def test_faceless_video_fails_with_no_face_found(server, demo, tmp_path):
     video = tmp_path / "wall.mp4"
-    _write_gray_video(video)
+    gray_video(video)
     with _client(server) as client:
         response = _upload(client, video, demo.audio)
         assert response.status_code == 201, response.text
@@ -346,22 +347,6 @@ def test_faceless_video_fails_with_no_face_found(server, demo, tmp_path):
     assert status["error"]["error_code"] == "ERR_004"
     assert status["error"]["error_name"] == "NO_FACE_FOUND"
     assert body["data"] == status["error"]
-
-
-def _write_gray_video(path: Path, seconds: float = 1.0, fps: int = 25) -> None:
-    """A plain grey clip: valid H.264 in MP4, with no face anywhere."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = 128
-        stream.pix_fmt = "yuv420p"
-        image = np.full((128, 128, 3), 128, dtype=np.uint8)
-        for _ in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
 
 
 def _small_inputs(folder: Path) -> tuple[Path, Path]:

@@ -11,9 +11,9 @@ import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
+from clips import gray_video
 
 pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fastapi)")
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
@@ -246,7 +246,7 @@ def test_url_assets_dub_and_the_webhook_arrives_after_a_retry(shim, receiver, in
 def test_string_webhook_reports_a_failed_job(shim, receiver, inputs, tmp_path):
     base, _app = shim
     video = tmp_path / "wall.mp4"
-    _write_gray_video(video)
+    gray_video(video)
     with _client(base) as client, open(video, "rb") as v, open(inputs.audio, "rb") as a:
         response = client.post(
             "/visualdub",
@@ -396,19 +396,3 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _write_gray_video(path: Path, seconds: float = 1.0, fps: int = 25) -> None:
-    """A plain grey clip: valid H.264 in MP4, with no face anywhere."""
-    import av
-    import numpy as np
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = stream.height = 128
-        stream.pix_fmt = "yuv420p"
-        image = np.full((128, 128, 3), 128, dtype=np.uint8)
-        for _ in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
