@@ -1,8 +1,9 @@
 """Batch runs: dub a list of (video, audio, output) items, resumably.
 
 A list is a CSV file (a header with ``video,audio,output``, then any option columns named
-after :class:`~lipsync.pipeline.DubOptions` fields) or a JSONL file (one object per line with
-the same keys). Items that share a video run one after another in the same worker, so the
+after :class:`~lipsync.pipeline.DubOptions` fields), a JSONL file (one object per line with
+the same keys), or a folder whose file names pair the voices with the videos (see
+:func:`read_folder`). Items that share a video run one after another in the same worker, so the
 video's scenes and faces are computed once and read from the cache for the rest. An item
 whose output is already a readable video is skipped, so a run cut short can simply be
 started again.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InternalError, InvalidOptionError, LipsyncError
-from .media import PathLike, probe_video
+from .media import VIDEO_EXTENSIONS, PathLike, probe_video
 from .pipeline import DubOptions, dub
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ STATUSES = ("ok", "skipped", "failed")
 
 # progress(done, total, result): called once per finished item, in the parent process.
 BatchProgress = Callable[[int, int, "ItemResult"], None]
+
+# Folder mode: the voices a folder may hold, and what may join a video's name to a voice's tag.
+VOICE_EXTENSIONS = (".wav", ".mp3")
+NAME_SEPARATORS = "._-"
+DUBBED_FOLDER = "dubbed"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -96,17 +102,25 @@ class BatchSummary:
         }
 
 
-def read_list(path: PathLike) -> list[BatchItem]:
-    """Read a CSV (``.csv``) or JSONL (``.jsonl``/``.json``) batch list.
+def read_list(path: PathLike, options: dict[str, Any] | None = None) -> list[BatchItem]:
+    """Read a CSV (``.csv``) or JSONL (``.jsonl``/``.json``) batch list, or a folder.
 
     Relative paths are taken from the list's own folder. Empty CSV cells leave an option at
-    its default. Every row is checked before anything runs.
+    its default. Every row is checked before anything runs. A folder is read by
+    :func:`read_folder`.
+
+    Args:
+        path: the list file or folder.
+        options: DubOptions fields for every item; a row's own columns take precedence.
 
     Raises:
         InvalidOptionError: the file cannot be read, a row lacks a required column, has an
             unknown option or a bad value; the message names the line.
     """
     path = Path(path)
+    if path.is_dir():
+        return read_folder(path, options=options)
+
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -120,10 +134,58 @@ def read_list(path: PathLike) -> list[BatchItem]:
     else:
         raise InvalidOptionError(f"a batch list must be .csv or .jsonl, got {path.name}")
 
-    items = [_item(row, line, path) for line, row in rows]
+    items = [_item({**(options or {}), **row}, line, path) for line, row in rows]
     if not items:
         raise InvalidOptionError(f"the batch list {path} has no items")
     return items
+
+
+def read_folder(
+    folder: PathLike, output_dir: PathLike | None = None, options: dict[str, Any] | None = None
+) -> list[BatchItem]:
+    """Pair the videos and voices of one folder by their names.
+
+    A voice (``.wav``/``.mp3``) belongs to the video whose name it starts with, followed by
+    ``.``, ``_`` or ``-`` and a tag: ``episode1.mp4`` takes ``episode1.fr.wav`` and
+    ``episode1_de.mp3``; when several videos fit, the longest name wins. Each pair is dubbed
+    to ``OUTPUT_DIR/<voice name>.mp4`` (default: the folder's ``dubbed`` subfolder), so one
+    video with ten voices gives ten outputs. Only the folder's own files are read.
+
+    Raises:
+        InvalidOptionError: not a folder, no pair found, or a bad option.
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise InvalidOptionError(f"{folder} is not a folder")
+    output_dir = folder / DUBBED_FOLDER if output_dir is None else Path(output_dir).resolve()
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    voices = [p for p in files if p.suffix.lower() in VOICE_EXTENSIONS]
+
+    # Longest names first, so "ep1_extra.mp4" claims "ep1_extra.fr.wav" before "ep1.mp4" can.
+    by_length = sorted(videos, key=lambda p: len(p.stem), reverse=True)
+    rows = []
+    for voice in voices:
+        video = next((v for v in by_length if _names_voice(v.stem, voice.stem)), None)
+        if video is None:
+            logger.warning("%s matches no video in %s: left out", voice.name, folder)
+            continue
+        output = output_dir / f"{voice.stem}.mp4"
+        rows.append((voice, {**(options or {}), "video": video, "audio": voice, "output": output}))
+
+    if not rows:
+        raise InvalidOptionError(
+            f"no video and voice pairs in {folder}",
+            hint="name each voice after its video: talk.mp4 with talk.fr.wav, talk_de.mp3, ...",
+        )
+    return [_item(row, 0, folder, where=voice.name) for voice, row in rows]
+
+
+def _names_voice(video_stem: str, voice_stem: str) -> bool:
+    """Whether a voice's name is the video's name, a separator, then a non-empty tag."""
+    rest = voice_stem[len(video_stem) :]
+    return voice_stem.startswith(video_stem) and len(rest) > 1 and rest[0] in NAME_SEPARATORS
 
 
 def run_batch(
@@ -297,12 +359,15 @@ def _jsonl_rows(text: str, path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _item(row: dict[str, Any], line: int, path: Path) -> BatchItem:
-    """A checked BatchItem from one row of the list."""
-    where = f"{path.name} line {line}"
+def _item(row: dict[str, Any], line: int, path: Path, where: str | None = None) -> BatchItem:
+    """A checked BatchItem from one row of the list (or one pair of a folder: ``where``)."""
+    where = where or f"{path.name} line {line}"
     paths = {}
     for column in REQUIRED_COLUMNS:
         value = row.get(column)
+        if isinstance(value, Path):  # a folder's pair, already absolute
+            paths[column] = value
+            continue
         if not isinstance(value, str) or not value.strip():
             raise InvalidOptionError(f"{where}: '{column}' is missing or empty")
         paths[column] = (path.parent / value.strip()).resolve()

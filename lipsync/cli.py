@@ -115,9 +115,19 @@ def _parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser(
         "batch",
-        help="dub every item of a CSV or JSONL list (exit 0: all ok or skipped, 1: any failed)",
+        help="dub every item of a list or folder (exit 0: all ok or skipped, 1: any failed)",
     )
-    batch.add_argument("list", type=Path, help="CSV (video,audio,output[,option...]) or JSONL")
+    batch.add_argument(
+        "list",
+        type=Path,
+        help="CSV (video,audio,output[,option...]), JSONL, or a folder of videos and voices "
+        "named after them (talk.mp4 + talk.fr.wav)",
+    )
+    batch.add_argument(
+        "--output-dir", type=Path, help="folder mode: where the dubs go (default: LIST/dubbed)"
+    )
+    batch.add_argument("--intensity", type=int, choices=(1, 2, 3), help="for every item")
+    batch.add_argument("--model", help="generator for every item (default e1)")
     batch.add_argument("--jobs", type=int, default=1, help="videos dubbed at once (default 1)")
     batch.add_argument(
         "--summary", type=Path, help="summary JSON (default: LIST's name + .summary.json)"
@@ -303,10 +313,21 @@ def _result_text(result) -> str:
 
 def _run_batch(args: argparse.Namespace) -> int:
     """Exit 0 when every item is ok or skipped, 1 when any failed (see the summary)."""
-    from .batch import read_list, run_batch, summary_table
+    from .batch import DUBBED_FOLDER, read_folder, read_list, run_batch, summary_table
 
-    items = read_list(args.list)
-    summary_path = args.summary or args.list.with_name(f"{args.list.stem}.summary.json")
+    # The command's options apply to every item; a list's own columns take precedence.
+    options = {"intensity": args.intensity, "model": args.model}
+    options = {name: value for name, value in options.items() if value is not None}
+    if args.list.is_dir():
+        items = read_folder(args.list, args.output_dir, options)
+        summary_path = (
+            args.summary or (args.output_dir or args.list / DUBBED_FOLDER) / "summary.json"
+        )
+    elif args.output_dir is not None:
+        raise InvalidOptionError("--output-dir is for a folder; a list names its outputs")
+    else:
+        items = read_list(args.list, options)
+        summary_path = args.summary or args.list.with_name(f"{args.list.stem}.summary.json")
     bar = None
     if not (args.quiet or args.json):
         bar = tqdm(total=len(items), desc="   batch", unit="item")

@@ -22,7 +22,7 @@ from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
-from .generators import FaceFrame, Generator, SourceVideo, get_generator
+from .generators import INTENSITIES, FaceFrame, Generator, SourceVideo, get_generator
 from .media import (
     PathLike,
     frame_to_rgb,
@@ -61,6 +61,8 @@ class DubOptions:
 
     def validate(self) -> None:
         """Refuse bad options before any work; the rest are checked where they are used."""
+        if self.intensity not in INTENSITIES:
+            raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {self.intensity!r}")
         if self.length not in LENGTH_POLICIES:
             allowed = ", ".join(LENGTH_POLICIES)
             raise InvalidOptionError(f"length must be one of {allowed}, got {self.length!r}")

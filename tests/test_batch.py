@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lipsync import cli
-from lipsync.batch import BatchItem, output_complete, read_list, run_batch
+from lipsync.batch import BatchItem, output_complete, read_folder, read_list, run_batch
+from lipsync.demo import make_demo_inputs
 from lipsync.errors import InvalidOptionError
 from lipsync.face_cache import CACHE_KIND
 from lipsync.faces import detect_faces
@@ -207,3 +208,80 @@ def test_batch_finishes_the_good_items_reports_the_bad_and_resumes(
     assert rerun["items"][2]["error_code"] == "ERR_008"
     on_disk = json.loads((tmp_path / "episodes.summary.json").read_text())
     assert on_disk["skipped"] == 3
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _touch(folder: Path, *names: str) -> None:
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_a_folder_pairs_voices_with_the_longest_video_name(tmp_path):
+    _touch(tmp_path, "ep1.mp4", "ep1_extra.mov", "ep1.fr.wav", "ep1-de.mp3", "ep1_extra.es.wav")
+    _touch(tmp_path, "ep1.wav", "other.fr.wav", "notes.txt", "ep2.mp4")
+
+    items = read_folder(tmp_path, options={"intensity": 3})
+
+    pairs = {(item.video.name, item.audio.name) for item in items}
+    assert pairs == {
+        ("ep1.mp4", "ep1-de.mp3"),
+        ("ep1.mp4", "ep1.fr.wav"),
+        ("ep1_extra.mov", "ep1_extra.es.wav"),
+    }
+    outputs = {item.output for item in items}
+    assert outputs == {
+        tmp_path / "dubbed" / f"{n}.mp4" for n in ("ep1-de", "ep1.fr", "ep1_extra.es")
+    }
+    assert all(item.options == {"intensity": 3} for item in items)
+
+
+def test_a_folder_without_pairs_or_with_bad_options_is_refused(tmp_path):
+    _touch(tmp_path, "talk.mp4", "voice.wav")
+    with pytest.raises(InvalidOptionError, match="no video and voice pairs"):
+        read_folder(tmp_path)
+
+    _touch(tmp_path, "talk.en.wav")
+    with pytest.raises(InvalidOptionError, match="talk.en.wav: .*intensity"):
+        read_folder(tmp_path, options={"intensity": 7})
+    with pytest.raises(InvalidOptionError, match="not a folder"):
+        read_folder(tmp_path / "talk.mp4")
+
+
+def test_command_options_apply_to_every_row_unless_the_row_sets_its_own(tmp_path):
+    listing = tmp_path / "list.csv"
+    listing.write_text(
+        "video,audio,output,intensity\na.mp4,a.wav,a_out.mp4,1\nb.mp4,b.wav,b.mp4,\n"
+    )
+
+    first, second = read_list(listing, options={"intensity": 3, "model": "e1"})
+
+    assert first.options == {"intensity": 1, "model": "e1"}
+    assert second.options == {"intensity": 3, "model": "e1"}
+
+
+def test_batch_command_dubs_a_folder_and_a_rerun_skips_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "home"))
+    # The demo's inputs have a face and need no shared media: one video, two voices.
+    folder = tmp_path / "season"
+    demo = make_demo_inputs(folder, seconds=1.0, size=192)
+    demo.video.rename(folder / "ep1.mp4")
+    shutil.copyfile(demo.audio, folder / "ep1.fr.wav")
+    demo.audio.rename(folder / "ep1_de.wav")
+
+    code = cli.main(["batch", str(folder), "--json", "--intensity", "1"])
+
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] == 2
+    for name in ("ep1.fr", "ep1_de"):
+        assert probe_video(folder / "dubbed" / f"{name}.mp4").frame_count == 25
+    assert json.loads((folder / "dubbed" / "summary.json").read_text())["ok"] == 2
+
+    assert cli.main(["batch", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+
+    # --output-dir is a folder-mode option: with a list it is a usage error.
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"video,audio,output\n{folder / 'ep1.mp4'},{folder / 'ep1.fr.wav'},x.mp4\n")
+    assert cli.main(["batch", str(listing), "--output-dir", str(tmp_path)]) == 2

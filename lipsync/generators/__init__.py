@@ -49,4 +49,12 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
 
 from . import e1  # noqa: E402,F401  (registers the built-in generator)
 
-__all__ = ["FaceFrame", "Generator", "SourceVideo", "available", "get_generator", "register"]
+__all__ = [
+    "INTENSITIES",
+    "FaceFrame",
+    "Generator",
+    "SourceVideo",
+    "available",
+    "get_generator",
+    "register",
+]
