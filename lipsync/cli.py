@@ -215,6 +215,13 @@ def _add_dub_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--max-duration", type=float, default=3600.0, help="seconds (ERR_009)")
     sub.add_argument("--workers", type=int, help="face-analysis processes (default: all cores)")
     sub.add_argument(
+        "--landmarker",
+        choices=("mediapipe", "onnx"),
+        default="mediapipe",
+        help="face engine: mediapipe (CPU, default) or onnx (batched on onnxruntime, a GPU "
+        "where present)",
+    )
+    sub.add_argument(
         "--no-cache", action="store_true", help="recompute the scene list and the faces"
     )
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -273,6 +280,7 @@ def _run_dub(args: argparse.Namespace) -> int:
             max_duration=args.max_duration,
             workers=args.workers,
             use_cache=not args.no_cache,
+            landmarker=args.landmarker,
         )
     finally:
         bars.close()

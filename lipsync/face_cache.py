@@ -121,6 +121,7 @@ def cache_key(
     select: str | int,
     analysis_size: int,
     smoothing: float,
+    landmarker: str = "mediapipe",
 ) -> str:
     """The cache key: the content digest plus everything that changes the answer."""
     bounds = ",".join(f"{scene.index}:{scene.start}-{scene.end}" for scene in scenes)
@@ -128,4 +129,6 @@ def cache_key(
         f"v{CACHE_VERSION}:{cache.file_digest(info.path)}:{bounds}:{select!r}:"
         f"{analysis_size}:{smoothing!r}"
     )
+    if landmarker != "mediapipe":  # the default's keys stay as they were: its cache stays valid
+        params += f":{landmarker}"
     return hashlib.sha256(params.encode()).hexdigest()

@@ -27,6 +27,7 @@ from av.video.reformatter import VideoReformatter
 from scipy.ndimage import gaussian_filter1d
 
 from .errors import DataCorruptedError, InternalError, InvalidOptionError, MissingDependencyError
+from .landmarkers import Landmarker, get_landmarker
 from .media import VideoInfo, frame_to_rgb, iter_video_frames
 from .mouths import MouthCollector, MouthSample, best_per_band
 from .scenes import Scene
@@ -152,6 +153,7 @@ def detect_faces(
     smoothing: float = 1.0,
     use_cache: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    landmarker: str | Landmarker = "mediapipe",
 ) -> FaceResult:
     """Find, track and smooth the faces of each scene.
 
@@ -174,6 +176,10 @@ def detect_faces(
             video's bytes, the scenes and every argument above but ``workers``; a damaged
             or stale entry is ignored and rewritten.
         progress: called as ``progress(done, total)`` in frames as the analysis advances.
+        landmarker: the engine that finds the faces (see :mod:`lipsync.landmarkers`):
+            ``"mediapipe"``, MediaPipe's own API on the CPU, or ``"onnx"``, the same models
+            converted to ONNX and run in batches on onnxruntime (a GPU where present); or a
+            Landmarker instance. Tracking and smoothing are the same for both.
 
     Returns:
         A FaceResult. Scenes without a face have no track; that is not an error here.
@@ -181,13 +187,18 @@ def detect_faces(
     Raises:
         InvalidOptionError: an argument is out of range.
         DataCorruptedError: the video cannot be decoded.
-        MissingDependencyError: mediapipe is not installed.
+        MissingDependencyError: mediapipe is not installed, or (``"onnx"``) onnxruntime.
+        ModelNotInstalledError: (``"onnx"``) the face models are not converted and the
+            converter is not installed; the hint says how to convert them.
     """
     _check_options(select, workers, analysis_size, smoothing)
+    engine = get_landmarker(landmarker) if isinstance(landmarker, str) else landmarker
     # Imported here: the cache module builds FaceResults, so it imports this one.
     from .face_cache import cache_key, load_cached_faces, store_cached_faces
 
-    key = cache_key(info, scenes, select, analysis_size, smoothing) if use_cache else None
+    key = None
+    if use_cache:
+        key = cache_key(info, scenes, select, analysis_size, smoothing, engine.name)
     if key is not None:
         cached = load_cached_faces(key, info.frame_count)
         if cached is not None:
@@ -198,7 +209,9 @@ def detect_faces(
                 progress(info.frame_count, info.frame_count)
             return cached
 
-    result = _detect_faces(info, scenes, select, workers, analysis_size, smoothing, progress)
+    result = _detect_faces(
+        info, scenes, select, workers, analysis_size, smoothing, progress, engine
+    )
     if key is not None:
         store_cached_faces(key, result)
     return result
@@ -212,6 +225,7 @@ def _detect_faces(
     analysis_size: int,
     smoothing: float,
     progress: Callable[[int, int], None] | None,
+    engine: Landmarker,
 ) -> FaceResult:
     """detect_faces without the cache."""
     chunks = plan_chunks(scenes, info.frame_count)
@@ -222,15 +236,15 @@ def _detect_faces(
         workers = min(_cpu_count(), total // FRAMES_PER_WORKER)
     workers = max(1, min(workers, len(chunks)))
     logger.info(
-        "looking for faces on %d frames of %s: %d scene(s), %d chunk(s), %d worker(s)",
-        total, info.path.name, len(scenes), len(chunks), workers,
+        "looking for faces on %d frames of %s: %d scene(s), %d chunk(s), %s, %d worker(s)",
+        total, info.path.name, len(scenes), len(chunks), engine.name, workers,
     )  # fmt: skip
 
     # The mesh's own tracker re-runs its detector on every frame where it follows fewer
     # faces than it may (6 ms a frame instead of 3.5 at 640 px). For the largest face it
     # follows one; the periodic full-range search still finds any other face to rank.
     tracked = 1 if select == "largest" else MAX_FACES
-    found = _analyse_chunks(info, chunks, analysis_size, workers, progress, tracked=tracked)
+    found = engine.analyse(info, chunks, analysis_size, workers, progress, tracked)
 
     # Tracks are built per scene over all its chunks, so a face keeps one track across the
     # chunk borders and "largest" is decided on the whole scene.

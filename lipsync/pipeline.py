@@ -23,6 +23,7 @@ from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFound
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
 from .generators import INTENSITIES, FaceFrame, Generator, SourceVideo, get_generator
+from .landmarkers import available as available_landmarkers
 from .media import (
     PathLike,
     frame_to_rgb,
@@ -58,6 +59,7 @@ class DubOptions:
     use_cache: bool = True  # reuse the scenes and faces of a video seen before
     batch_size: int = 16  # frames handed to the generator at once
     visemes: bool = True  # shape the mouth by the voice's phones (closures, rounding)
+    landmarker: str = "mediapipe"  # face engine: "mediapipe" (CPU) or "onnx" (batched, GPU)
 
     def validate(self) -> None:
         """Refuse bad options before any work; the rest are checked where they are used."""
@@ -70,6 +72,9 @@ class DubOptions:
             raise InvalidOptionError(
                 f"faces must be 'largest', 'all' or a face index, got {self.faces!r}"
             )
+        if self.landmarker not in available_landmarkers():
+            known = ", ".join(available_landmarkers())
+            raise InvalidOptionError(f"landmarker must be one of {known}, got {self.landmarker!r}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch_size must be at least 1, got {self.batch_size!r}")
 
@@ -159,6 +164,7 @@ def _dub(
                 workers=opts.workers,
                 use_cache=opts.use_cache,
                 progress=_phase(progress, "faces"),
+                landmarker=opts.landmarker,
             )
         if faces.frames_with_face == 0:
             raise NoFaceFoundError(
