@@ -198,7 +198,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="jobs run at the same time")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="job processes (jobs run at the same time)"
+    )
+    serve.add_argument(
+        "--keys-file", type=Path, help="TOML file of keys and quotas (or LIPSYNC_API_KEYS_FILE)"
+    )
+    serve.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=os.environ.get("LIPSYNC_ALLOW_PRIVATE_URLS", "") not in ("", "0"),
+        help="let URL assets and webhooks reach loopback/private/link-local addresses "
+        "(or LIPSYNC_ALLOW_PRIVATE_URLS=1)",
+    )
     serve.set_defaults(run=_run_serve)
     return parser
 
@@ -572,5 +584,11 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"the REST shim needs FastAPI and uvicorn ({exc.name} is missing)",
             hint="pip install 'lipsync[server]'",
         ) from exc
-    serve(args.host, args.port, args.workers)
+    serve(
+        args.host,
+        args.port,
+        args.workers,
+        keys_file=args.keys_file,
+        allow_private_urls=args.allow_private_urls,
+    )
     return 0

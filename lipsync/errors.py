@@ -43,6 +43,13 @@ class NoFaceFoundError(LipsyncError):
     name = "NO_FACE_FOUND"
 
 
+class InsufficientCreditsError(LipsyncError):
+    """A job needs more seconds than the API key has left of its quota (the REST shim)."""
+
+    code = "ERR_006"
+    name = "INSUFFICIENT_CREDITS"
+
+
 class DataCorruptedError(LipsyncError):
     """The file has the right type but cannot be read: truncated, empty, or missing a stream."""
 
@@ -76,6 +83,7 @@ class LimitExceededError(LipsyncError):
 
 __all__ = [
     "DataCorruptedError",
+    "InsufficientCreditsError",
     "InternalError",
     "InvalidFormatError",
     "InvalidOptionError",

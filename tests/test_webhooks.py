@@ -135,6 +135,7 @@ def shim(tmp_path_factory):
         fetch_timeout=10.0,
         jobs=JobSettings(face_workers=1, poll_interval=0.2),
         webhooks=WebhookSettings(attempts=3, base_delay=BASE_DELAY, timeout=5.0),
+        allow_private_urls=True,  # the receiver is on 127.0.0.1
     )
     app = create_app(
         tmp_path_factory.mktemp("shim"), keys=[KEY], settings=settings, webhook_secret=SECRET
@@ -342,7 +343,8 @@ def test_undeliverable_webhook_gives_up_and_leaves_the_job(tmp_path, receiver, s
     job = store.create_request("k", "e1", 2, 1, 2, hook)
     store.finish(job.request_id, tmp_path / "out.mp4")
 
-    sender = WebhookSender(store, SECRET, WebhookSettings(attempts=3, base_delay=0.05))
+    settings = WebhookSettings(attempts=3, base_delay=0.05)
+    sender = WebhookSender(store, SECRET, settings, allow_private=True)
     sender.request_done(job.request_id)
     assert sender.drain(timeout=10)
     sender.stop()

@@ -1,8 +1,9 @@
 """The FastAPI application: the hosted API's endpoints, shapes and error codes.
 
-``create_app`` wires a :class:`Store` and a :class:`WorkerPool` into an app under
-``/neuralgarage/saas/api/v1/clients``; ``serve`` runs it with uvicorn. Clients send their
-key in ``x-api-key`` and see only their own assets and requests.
+``create_app`` wires a :class:`Store`, a job queue with its :class:`WorkerProcesses` and a
+:class:`WebhookSender` into an app under ``/neuralgarage/saas/api/v1/clients``; ``serve``
+runs it with uvicorn. Clients send their key in ``x-api-key`` and see only their own assets
+and requests; a key with a quota is charged the video's duration, in whole seconds, per job.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
@@ -28,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import InvalidOptionError, LipsyncError
 from ..generators import available
 from ..media import probe_audio, validate_video
-from .jobs import JobSettings, WorkerPool
-from .remote import check_http_url, fetch_into
-from .shapes import STATUS_WORDS, job_error, status_data
+from .jobs import JobSettings, WorkerProcesses
+from .keys import ApiKey, configured_keys, normalize
+from .queues import open_queue
+from .remote import check_http_url, check_public_host, fetch_into
+from .shapes import STATUS_WORDS, VISUALDUB_BODY, job_error, status_data
 from .store import FAILED, SUCCESS, Asset, Store, UploadTooLargeError, key_id
 from .webhooks import WebhookSender, WebhookSettings, load_secret, parse_webhook
 
@@ -39,7 +43,16 @@ logger = logging.getLogger(__name__)
 BASE_PATH = "/neuralgarage/saas/api/v1/clients"
 
 # HTTP status for each error code the library raises.
-HTTP_STATUS = {"ERR_003": 500, "ERR_004": 422, "ERR_007": 400, "ERR_008": 400, "ERR_009": 400}
+HTTP_STATUS = {
+    "ERR_003": 500,
+    "ERR_004": 422,
+    "ERR_006": 402,
+    "ERR_007": 400,
+    "ERR_008": 400,
+    "ERR_009": 400,
+}
+# SQLite's integers are 64-bit: a larger id cannot name anything.
+_MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class ServerSettings:
     fetch_timeout: float = 30.0  # seconds to connect to a URL asset's server and per read
     jobs: JobSettings = field(default_factory=JobSettings)  # how the workers run dub
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)  # attempts, backoff
+    allow_private_urls: bool = False  # let URL assets and webhooks reach non-public addresses
+    queue: str = "sqlite"  # job-queue backend, by name (lipsync.server.queues.QUEUES)
 
 
 class ApiError(Exception):
@@ -68,49 +83,51 @@ def default_home() -> Path:
     return Path(home) if home else Path(platformdirs.user_data_dir("lipsync"))
 
 
-def keys_from_env() -> list[str]:
-    """The API keys in ``LIPSYNC_API_KEYS`` (comma-separated; blanks ignored)."""
-    return [k.strip() for k in os.environ.get("LIPSYNC_API_KEYS", "").split(",") if k.strip()]
-
-
 def create_app(
     home: Path | None = None,
-    keys: Iterable[str] | None = None,
+    keys: Iterable[str | ApiKey] | None = None,
     *,
     workers: int = 1,
     settings: ServerSettings | None = None,
     webhook_secret: str | None = None,
 ) -> FastAPI:
-    """The shim as an ASGI app; its workers start and stop with the app's lifespan.
+    """The shim as an ASGI app; its worker processes start and stop with the app's lifespan.
 
     Args:
         home: where the store lives (``<home>/server``); default :func:`default_home`.
-        keys: accepted API keys; default :func:`keys_from_env`. At least one is needed.
-        workers: job threads (each runs one ``dub`` at a time).
-        settings: upload limit and job options.
+        keys: accepted API keys, as strings or :class:`ApiKey` (with a quota); default
+            :func:`~lipsync.server.keys.configured_keys`. At least one is needed.
+        workers: job processes (each runs one ``dub`` at a time).
+        settings: limits, job and webhook options, the job-queue backend.
         webhook_secret: the key webhooks are signed with; default ``LIPSYNC_WEBHOOK_SECRET``,
             else a random one kept in ``<home>/server/webhook.secret``
             (see :mod:`lipsync.server.webhooks`).
 
     Raises:
-        InvalidOptionError: no API key is configured, or ``workers`` is below 1.
+        InvalidOptionError: no API key is configured, ``workers`` is below 1, or the queue
+            backend is unknown.
     """
-    accepted = list(keys) if keys is not None else keys_from_env()
+    accepted = normalize(keys) if keys is not None else configured_keys()
     if not accepted:
         raise InvalidOptionError(
             "no API key configured",
-            hint="set LIPSYNC_API_KEYS=key1,key2, or pass keys= to create_app",
+            hint="set LIPSYNC_API_KEYS=key1,key2 or LIPSYNC_API_KEYS_FILE, or pass keys=",
         )
     if workers < 1:
         raise InvalidOptionError(f"workers must be at least 1, got {workers}")
     settings = settings or ServerSettings()
     store = Store(home or default_home())
-    sender = WebhookSender(store, load_secret(store.root, webhook_secret), settings.webhooks)
-    pool = WorkerPool(store, workers, settings.jobs, on_done=sender.request_done)
+    quotas = {key_id(k.key): k.quota_seconds for k in accepted}
+    queue = open_queue(settings.queue, home=str(store.root.parent))
+    pool = WorkerProcesses(queue, workers, settings.jobs)
+    secret = load_secret(store.root, webhook_secret)
+    sender = WebhookSender(store, secret, settings.webhooks, settings.allow_private_urls)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        store.clear_uploads()
         pool.start()
+        sender.start()
         try:
             yield
         finally:
@@ -124,24 +141,40 @@ def create_app(
     _install_error_handlers(app)
 
     def client(x_api_key: str | None = Header(default=None)) -> str:
-        if x_api_key and any(hmac.compare_digest(x_api_key, k) for k in accepted):
+        if x_api_key and any(hmac.compare_digest(x_api_key, k.key) for k in accepted):
             return key_id(x_api_key)
         raise ApiError(401, "unauthorized", "Missing or invalid API key (header x-api-key)")
 
-    @app.post(BASE_PATH + "/visualdub", status_code=201)
+    @app.post(BASE_PATH + "/visualdub", status_code=201, openapi_extra=VISUALDUB_BODY)
     async def visualdub(request: Request, key: str = Depends(client)) -> JSONResponse:
         job = await _parse_job(request, key, store, settings)
+
+        # Whole seconds of the video, recorded for every job, checked against a quota if any.
+        seconds = float(math.ceil(await run_in_threadpool(_duration, store, job["video"])))
+        quota = quotas.get(key)
         created = store.create_request(
-            key, job["model"], job["intensity"], job["video"].id, job["audio"].id, job["webhook"]
+            key,
+            job["model"],
+            job["intensity"],
+            job["video"].id,
+            job["audio"].id,
+            job["webhook"],
+            seconds=seconds,
+            quota=quota,
         )
+        queue.enqueue(created.request_id)
         pool.notify()
+
+        credits: dict[str, Any] = {"credits_deducted": 0 if quota is None else int(seconds)}
+        if quota is not None:
+            credits["credits_remaining"] = int(max(quota - store.used_seconds(key), 0))
         data = {
             "request_id": created.request_id,
             "assets": [
                 {"type": "video", "asset_id": job["video"].id},
                 {"type": "audio", "asset_id": job["audio"].id},
             ],
-            "credit_details": {"credits_deducted": 0},
+            "credit_details": credits,
         }
         return JSONResponse({"status": "success", "message": "Job Created", "data": data}, 201)
 
@@ -174,7 +207,7 @@ def create_app(
     @app.get(BASE_PATH + "/list_requests")
     def list_requests(
         limit: int = Query(10, ge=1, le=1000),
-        page_no: int = Query(0, ge=0),
+        page_no: int = Query(0, ge=0, le=_MAX_ID // 1000),
         key: str = Depends(client),
     ) -> dict:
         rows, total = store.list_requests(key, limit, page_no * limit)
@@ -204,7 +237,7 @@ def create_app(
         return {"status": "success", "message": "Assets listed", "data": data}
 
     @app.get(BASE_PATH + "/get_asset")
-    def get_asset(asset_id: int = Query(...), key: str = Depends(client)) -> dict:
+    def get_asset(asset_id: int = Query(..., ge=0, le=_MAX_ID), key: str = Depends(client)) -> dict:
         asset = store.get_asset(key, asset_id)
         if asset is None:
             raise ApiError(404, "not_found", "Asset not found")
@@ -213,11 +246,25 @@ def create_app(
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Run the shim with uvicorn until interrupted (keys from ``LIPSYNC_API_KEYS``)."""
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    *,
+    keys_file: Path | None = None,
+    allow_private_urls: bool = False,
+) -> None:
+    """Run the shim with uvicorn until interrupted.
+
+    Keys come from ``keys_file`` and the environment (:func:`~lipsync.server.keys.
+    configured_keys`); ``allow_private_urls`` lets URL assets and webhooks reach loopback,
+    private and link-local addresses.
+    """
     import uvicorn
 
-    uvicorn.run(create_app(workers=workers), host=host, port=port, log_level="info")
+    settings = ServerSettings(allow_private_urls=allow_private_urls)
+    app = create_app(keys=configured_keys(keys_file), workers=workers, settings=settings)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 # --- request parsing ----------------------------------------------------------------------
@@ -244,6 +291,9 @@ async def _parse_job(request: Request, key: str, store: Store, settings: ServerS
     model = _model(fields.get("model"))
     intensity = _intensity(fields)
     webhook = _webhook(fields.get("webhook"))
+    if webhook is not None:
+        url = json.loads(webhook)["url"]
+        await run_in_threadpool(check_public_host, url, "webhook", settings.allow_private_urls)
 
     chosen: dict[str, Asset] = {}
     for media_type in ("video", "audio"):
@@ -271,13 +321,8 @@ async def _asset_for(
     if asset_id is None:
         raise ApiError(400, "invalid_request", f"No {media_type} given (file, asset id or url)")
 
-    try:
-        number = int(asset_id)
-    except (TypeError, ValueError):
-        raise ApiError(
-            400, "invalid_request", f"{media_type} asset id must be an integer"
-        ) from None
-    asset = store.get_asset(key, number)
+    number = _asset_number(asset_id, media_type)
+    asset = None if number > _MAX_ID else store.get_asset(key, number)
     if asset is None or asset.media_type != media_type:
         raise ApiError(404, "not_found", f"Asset not found: {media_type} asset {number}")
     return asset
@@ -298,7 +343,9 @@ def _fetch_url(
     url: str, media_type: str, key: str, store: Store, settings: ServerSettings
 ) -> Asset:
     """Download, check and keep one URL asset (blocking: runs in a worker thread)."""
-    received, sha256 = fetch_into(store, url, settings.max_upload_bytes, settings.fetch_timeout)
+    received, sha256 = fetch_into(
+        store, url, settings.max_upload_bytes, settings.fetch_timeout, settings.allow_private_urls
+    )
     return _check_and_keep(received, sha256, url, media_type, key, store, settings)
 
 
@@ -314,16 +361,36 @@ def _check_and_keep(
     """Validate a received file like any upload, then keep it as an asset (or delete it)."""
     try:
         if media_type == "video":
-            validate_video(received, max_duration=settings.jobs.max_duration)
+            info = validate_video(received, max_duration=settings.jobs.max_duration)
         else:
-            probe_audio(received, max_duration=settings.jobs.max_duration)
+            info = probe_audio(received, max_duration=settings.jobs.max_duration)
     except LipsyncError as exc:
         received.unlink(missing_ok=True)
         logger.info("refused a %s upload: %s", media_type, exc)
         # The library's message names the temporary file; name the client's file instead.
         named = exc.message.replace(received.name, repr(name))
         raise type(exc)(f"{media_type} upload: {named}", hint=exc.hint) from exc
-    return store.add_asset(key, media_type, received, sha256)
+    return store.add_asset(key, media_type, received, sha256, info.duration)
+
+
+def _duration(store: Store, asset: Asset) -> float:
+    """An asset's duration in seconds (measured now for one kept before durations were)."""
+    if asset.duration is not None:
+        return asset.duration
+    probe = validate_video if asset.media_type == "video" else probe_audio
+    duration = probe(asset.path).duration
+    store.set_duration(asset.id, duration)
+    return duration
+
+
+def _asset_number(value: Any, media_type: str) -> int:
+    """An asset id from JSON or a form field: a non-negative integer (not a bool or a float)."""
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        return int(text)
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text
+    raise ApiError(400, "invalid_request", f"{media_type} asset id must be an integer")
 
 
 def _assets_list(value: Any) -> list[dict]:

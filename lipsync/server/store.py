@@ -1,8 +1,13 @@
 """The shim's durable store: SQLite (WAL) for assets and requests, a folder for media.
 
 Everything lives under ``<home>/server``: ``lipsync.db``, ``media/`` (uploads, named by
-content hash) and ``outputs/`` (finished videos, named by request id). API keys are never
-written down; rows carry a short hash of the key that owns them.
+content hash) and ``outputs/`` (finished videos, named by request id and attempt). API keys
+are never written down; rows carry a short hash of the key that owns them.
+
+The ``requests`` table is also the embedded job queue (:mod:`lipsync.server.queues`): a
+worker claims a PENDING row by writing its owner and a lease into it, and every later write
+of that worker (progress, finish, fail) only lands while the row still carries that owner.
+A claim taken back from a worker that died therefore cannot be completed a second time.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import LimitExceededError
+from ..errors import InsufficientCreditsError, LimitExceededError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,7 @@ CREATE TABLE IF NOT EXISTS assets (
     sha256 TEXT NOT NULL,
     path TEXT NOT NULL,
     created TEXT NOT NULL,
+    duration REAL,
     UNIQUE (key, media_type, sha256)
 );
 CREATE TABLE IF NOT EXISTS requests (
@@ -54,7 +60,11 @@ CREATE TABLE IF NOT EXISTS requests (
     video_asset INTEGER NOT NULL REFERENCES assets (id),
     audio_asset INTEGER NOT NULL REFERENCES assets (id),
     output TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    seconds REAL NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_by_key ON requests (key, seq);
 CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status, seq);
@@ -64,9 +74,21 @@ CREATE TABLE IF NOT EXISTS webhooks (
     last_status INTEGER,
     last_error TEXT,
     last_attempt_at TEXT,
-    delivered_at TEXT
+    delivered_at TEXT,
+    gave_up_at TEXT
 );
 """
+# Columns added after the first release of the schema: a store made before gets them at open.
+_ADDED_COLUMNS = {
+    "assets": {"duration": "REAL"},
+    "requests": {
+        "seconds": "REAL NOT NULL DEFAULT 0",
+        "owner": "TEXT",
+        "lease_until": "REAL",
+        "attempts": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "webhooks": {"gave_up_at": "TEXT"},
+}
 
 # Request states as stored; the API's words for them are chosen in app.py.
 PENDING, RUNNING, SUCCESS, FAILED = "pending", "running", "success", "failed"
@@ -82,6 +104,7 @@ class Asset:
     sha256: str  # of the file's bytes; one row per key, type and content
     path: Path  # the media file on disk
     created: str  # ISO time, UTC, seconds
+    duration: float | None  # seconds of media; None in rows kept before durations were
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,10 @@ class Request:
     video_asset: int  # asset id
     audio_asset: int  # asset id
     output: Path | None  # the finished video
+    seconds: float  # charged against the key's quota (the video's duration); 0 without one
+    owner: str | None  # the worker holding the claim while RUNNING (see queues.WorkerId)
+    lease_until: float | None  # epoch seconds; the claim is abandoned after it unless renewed
+    attempts: int  # claims so far (1 on the first run; more after a worker died)
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,7 @@ class WebhookState:
     last_error: str | None  # why the last attempt failed; None once delivered
     last_attempt_at: str | None  # ISO time, UTC, seconds
     delivered_at: str | None  # when a 2xx came back; None while undelivered
+    gave_up_at: str | None  # when delivery stopped without success; None while it may go on
 
 
 class UploadTooLargeError(LimitExceededError):
@@ -148,6 +176,7 @@ class Store:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _add_missing_columns(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -186,7 +215,19 @@ class Store:
             raise
         return Path(name), digest.hexdigest()
 
-    def add_asset(self, key: str, media_type: str, received: Path, sha256: str) -> Asset:
+    def clear_uploads(self) -> int:
+        """Delete uploads left half-received by a server that stopped; how many.
+
+        Only for a server starting on this store: it is the one process that receives.
+        """
+        left = [path for path in self.upload_dir.iterdir() if path.is_file()]
+        for path in left:
+            path.unlink(missing_ok=True)
+        return len(left)
+
+    def add_asset(
+        self, key: str, media_type: str, received: Path, sha256: str, duration: float
+    ) -> Asset:
         """Keep a received (and checked) file as an asset; the same bytes are kept once."""
         target = self.media_dir / f"{sha256}{received.suffix}"
         if target.exists():
@@ -196,9 +237,14 @@ class Store:
 
         with self._lock, self._connect() as db:
             db.execute(
-                "INSERT OR IGNORE INTO assets (key, media_type, sha256, path, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key, media_type, sha256, str(target), now()),
+                "INSERT OR IGNORE INTO assets (key, media_type, sha256, path, created, duration) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, media_type, sha256, str(target), now(), duration),
+            )
+            db.execute(
+                "UPDATE assets SET duration = ? WHERE key = ? AND media_type = ? AND sha256 = ? "
+                "AND duration IS NULL",
+                (duration, key, media_type, sha256),
             )
             row = db.execute(
                 "SELECT * FROM assets WHERE key = ? AND media_type = ? AND sha256 = ?",
@@ -214,6 +260,11 @@ class Store:
             ).fetchone()
         return None if row is None else _asset(row)
 
+    def set_duration(self, asset_id: int, duration: float) -> None:
+        """Record the duration of an asset kept before durations were stored."""
+        with self._connect() as db:
+            db.execute("UPDATE assets SET duration = ? WHERE id = ?", (duration, asset_id))
+
     def list_assets(self, key: str) -> list[Asset]:
         """All of a key's assets, oldest first."""
         with self._connect() as db:
@@ -223,18 +274,62 @@ class Store:
     # --- requests -------------------------------------------------------------------------
 
     def create_request(
-        self, key: str, model: str, intensity: int, video: int, audio: int, webhook: str | None
+        self,
+        key: str,
+        model: str,
+        intensity: int,
+        video: int,
+        audio: int,
+        webhook: str | None,
+        *,
+        seconds: float = 0.0,
+        quota: float | None = None,
     ) -> Request:
-        """Queue a new job; it waits as PENDING until a worker claims it."""
+        """Queue a new job; it waits as PENDING until a worker claims it.
+
+        ``seconds`` are charged to ``key``; with a ``quota`` (seconds), the job is refused
+        when the key's charges (its jobs that have not failed) would pass it.
+
+        Raises:
+            InsufficientCreditsError: the job would take the key over its quota.
+        """
         request_id = uuid.uuid4().hex
         with self._lock, self._connect() as db:
+            # IMMEDIATE: the quota check and the insert hold the write lock together.
+            db.execute("BEGIN IMMEDIATE")
+            if quota is not None:
+                used = _used_seconds(db, key)
+                if used + seconds > quota:
+                    raise InsufficientCreditsError(
+                        f"this job needs {seconds:g} s of the key's quota; "
+                        f"{max(quota - used, 0.0):g} s of {quota:g} s are left",
+                        hint="use a shorter video, wait for running jobs, or raise the quota",
+                    )
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM requests").fetchone()[0]
             db.execute(
                 "INSERT INTO requests (request_id, key, model, intensity, webhook, status, "
-                "created_at, video_asset, audio_asset, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (request_id, key, model, intensity, webhook, PENDING, now(), video, audio, seq),
+                "created_at, video_asset, audio_asset, seq, seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    key,
+                    model,
+                    intensity,
+                    webhook,
+                    PENDING,
+                    now(),
+                    video,
+                    audio,
+                    seq,
+                    seconds,
+                ),
             )
         return self.get_request(key, request_id)
+
+    def used_seconds(self, key: str) -> float:
+        """Seconds charged to ``key``: the durations of its jobs that have not failed."""
+        with self._connect() as db:
+            return _used_seconds(db, key)
 
     def get_request(self, key: str, request_id: str) -> Request | None:
         """The request if it exists and belongs to ``key``; None otherwise."""
@@ -254,56 +349,85 @@ class Store:
             ).fetchall()
         return [_request(row) for row in rows], total
 
-    def claim_next(self) -> Request | None:
-        """Mark the oldest PENDING request RUNNING and return it; None when none waits."""
-        with self._lock, self._connect() as db:
+    def claim_next(self, owner: str, lease_until: float) -> Request | None:
+        """Claim the oldest PENDING request for ``owner``: RUNNING, leased, one more attempt.
+
+        One statement, so two workers (in any processes) never claim the same row.
+        """
+        with self._connect() as db:
             row = db.execute(
-                "SELECT * FROM requests WHERE status = ? ORDER BY seq LIMIT 1", (PENDING,)
+                "UPDATE requests SET status = ?, progress = 0, phase = NULL, owner = ?, "
+                "lease_until = ?, attempts = attempts + 1 WHERE request_id = "
+                "(SELECT request_id FROM requests WHERE status = ? ORDER BY seq LIMIT 1) "
+                "RETURNING request_id",
+                (RUNNING, owner, lease_until, PENDING),
             ).fetchone()
-            if row is None:
-                return None
-            db.execute(
-                "UPDATE requests SET status = ?, progress = 0 WHERE request_id = ?",
-                (RUNNING, row["request_id"]),
-            )
-        return self._by_id(row["request_id"])
+        return None if row is None else self._by_id(row["request_id"])
 
-    def requeue_running(self) -> int:
-        """Put requests left RUNNING by a stopped server back in the queue; how many."""
-        with self._lock, self._connect() as db:
+    def running(self) -> list[Request]:
+        """The requests claimed by a worker now (or by one that died holding them)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM requests WHERE status = ? ORDER BY seq", (RUNNING,)
+            ).fetchall()
+        return [_request(row) for row in rows]
+
+    def requeue(self, request_id: str, owner: str) -> bool:
+        """Take a claim back from ``owner`` and queue the request again; False if not held."""
+        with self._connect() as db:
             moved = db.execute(
-                "UPDATE requests SET status = ?, phase = NULL, progress = 0 WHERE status = ?",
-                (PENDING, RUNNING),
+                "UPDATE requests SET status = ?, phase = NULL, progress = 0, owner = NULL, "
+                "lease_until = NULL WHERE request_id = ? AND status = ? AND owner = ?",
+                (PENDING, request_id, RUNNING, owner),
             ).rowcount
-        if moved:
-            logger.info("requeued %d request(s) left running", moved)
-        return moved
+        return moved == 1
 
-    def set_progress(self, request_id: str, phase: str, progress: float) -> None:
-        """Record the phase a running job is in and its overall progress (0..100)."""
+    def renew(self, request_id: str, owner: str, lease_until: float) -> bool:
+        """Extend ``owner``'s lease on a claim; False once the claim is no longer theirs."""
         with self._connect() as db:
-            db.execute(
-                "UPDATE requests SET phase = ?, progress = ? WHERE request_id = ?",
-                (phase, round(progress, 1), request_id),
-            )
+            kept = db.execute(
+                "UPDATE requests SET lease_until = ? WHERE request_id = ? AND status = ? "
+                "AND owner = ?",
+                (lease_until, request_id, RUNNING, owner),
+            ).rowcount
+        return kept == 1
 
-    def finish(self, request_id: str, output: Path) -> None:
-        """Mark a job done, with its output video."""
-        with self._connect() as db:
-            db.execute(
-                "UPDATE requests SET status = ?, progress = 100, completed_at = ?, output = ? "
-                "WHERE request_id = ?",
-                (SUCCESS, now(), str(output), request_id),
-            )
+    def set_progress(
+        self, request_id: str, phase: str, progress: float, owner: str | None = None
+    ) -> bool:
+        """Record the phase a running job is in and its overall progress (0..100).
 
-    def fail(self, request_id: str, code: str, name: str, message: str) -> None:
-        """Mark a job failed, with the error a client will see."""
+        With ``owner``, only while that worker holds the claim; returns whether it was written.
+        """
         with self._connect() as db:
-            db.execute(
+            written = db.execute(
+                "UPDATE requests SET phase = ?, progress = ? WHERE request_id = ?" + _HELD_BY,
+                (phase, round(progress, 1), request_id, owner, owner),
+            ).rowcount
+        return written == 1
+
+    def finish(self, request_id: str, output: Path, owner: str | None = None) -> bool:
+        """Mark a job done, with its output video; with ``owner``, only if it holds the claim."""
+        with self._connect() as db:
+            done = db.execute(
+                "UPDATE requests SET status = ?, progress = 100, completed_at = ?, output = ?, "
+                "owner = NULL, lease_until = NULL WHERE request_id = ?" + _HELD_BY,
+                (SUCCESS, now(), str(output), request_id, owner, owner),
+            ).rowcount
+        return done == 1
+
+    def fail(
+        self, request_id: str, code: str, name: str, message: str, owner: str | None = None
+    ) -> bool:
+        """Mark a job failed, with the error a client will see; ``owner`` as in :meth:`finish`."""
+        with self._connect() as db:
+            done = db.execute(
                 "UPDATE requests SET status = ?, completed_at = ?, error_code = ?, "
-                "error_name = ?, error_message = ? WHERE request_id = ?",
-                (FAILED, now(), code, name, message, request_id),
-            )
+                "error_name = ?, error_message = ?, owner = NULL, lease_until = NULL "
+                "WHERE request_id = ?" + _HELD_BY,
+                (FAILED, now(), code, name, message, request_id, owner, owner),
+            ).rowcount
+        return done == 1
 
     def request(self, request_id: str) -> Request:
         """A request by id, whoever owns it (for the workers and the webhook sender)."""
@@ -327,6 +451,29 @@ class Store:
                 (status, error, stamp, stamp if error is None else None, request_id),
             )
         return self.webhook_state(request_id)
+
+    def give_up_webhook(self, request_id: str) -> None:
+        """Stop delivering a request's webhook (attempts spent, or refused for good)."""
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT INTO webhooks (request_id) VALUES (?) ON CONFLICT DO NOTHING",
+                (request_id,),
+            )
+            db.execute(
+                "UPDATE webhooks SET gave_up_at = ? WHERE request_id = ?", (now(), request_id)
+            )
+
+    def due_webhooks(self) -> list[str]:
+        """Finished requests whose webhook is neither delivered nor given up, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT r.request_id FROM requests r LEFT JOIN webhooks w "
+                "ON w.request_id = r.request_id WHERE r.status IN (?, ?) "
+                "AND r.webhook IS NOT NULL AND w.delivered_at IS NULL AND w.gave_up_at IS NULL "
+                "ORDER BY r.seq",
+                (SUCCESS, FAILED),
+            ).fetchall()
+        return [row["request_id"] for row in rows]
 
     def webhook_state(self, request_id: str) -> WebhookState | None:
         """The delivery record of a request's webhook; None before the first attempt."""
@@ -354,6 +501,25 @@ class Store:
         return _request(row)
 
 
+# Appended to an UPDATE's WHERE: the row is held by the owner given, or no owner was given.
+_HELD_BY = f" AND (? IS NULL OR (status = '{RUNNING}' AND owner = ?))"
+
+
+def _used_seconds(db: sqlite3.Connection, key: str) -> float:
+    return db.execute(
+        "SELECT COALESCE(SUM(seconds), 0) FROM requests WHERE key = ? AND status != ?",
+        (key, FAILED),
+    ).fetchone()[0]
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 def _asset(row: sqlite3.Row) -> Asset:
     return Asset(
         id=row["id"],
@@ -362,6 +528,7 @@ def _asset(row: sqlite3.Row) -> Asset:
         sha256=row["sha256"],
         path=Path(row["path"]),
         created=row["created"],
+        duration=row["duration"],
     )
 
 

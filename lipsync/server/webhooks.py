@@ -11,9 +11,16 @@ The secret is, in order: the ``secret`` given to :func:`load_secret` (``create_a
 secret made once per store and kept in ``<home>/server/webhook.secret`` (mode 600; no
 endpoint shows it, read it from that file to configure a receiver).
 
-Each delivery runs in its own daemon thread, so a slow receiver never holds up a job
-worker, and a delivery that fails every attempt never changes the job's outcome. Every
-attempt is recorded in the store (:class:`~lipsync.server.store.WebhookState`).
+The store is the outbox: jobs finish in worker processes, and the sender, in the server
+process, looks every ``poll_interval`` for finished requests whose webhook is neither
+delivered nor given up. So a webhook still undelivered when the server stopped (not yet
+sent, or waiting between attempts) is sent when it starts again, with the attempts it had
+left. Delivery is at least once: a receiver may see a POST again if the server died between
+sending it and recording the answer.
+
+Each delivery runs in its own daemon thread, so a slow receiver never holds up the others,
+and a delivery that fails every attempt never changes the job's outcome. Every attempt is
+recorded in the store (:class:`~lipsync.server.store.WebhookState`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError
-from .remote import check_http_url, post_json
+from .remote import PrivateAddressError, check_http_url, post_json
 from .shapes import status_data
 from .store import FAILED, SUCCESS, Store
 
@@ -55,6 +62,7 @@ class WebhookSettings:
     attempts: int = 3  # POSTs at most per event, the first included
     base_delay: float = 2.0  # seconds before the 2nd attempt; doubled before each next one
     timeout: float = 10.0  # seconds for the connection and for the answer
+    poll_interval: float = 1.0  # seconds between looks for finished requests to notify
 
 
 @dataclass(frozen=True)
@@ -126,32 +134,62 @@ def target_url(webhook: Webhook) -> str:
 
 
 class WebhookSender:
-    """Delivers finished requests' webhooks in background threads until :meth:`stop`."""
+    """Delivers finished requests' webhooks in background threads, from :meth:`start` to
+    :meth:`stop`. ``allow_private`` lets webhooks reach non-public addresses (see remote)."""
 
-    def __init__(self, store: Store, secret: str, settings: WebhookSettings | None = None):
+    def __init__(
+        self,
+        store: Store,
+        secret: str,
+        settings: WebhookSettings | None = None,
+        allow_private: bool = False,
+    ) -> None:
         self.store = store
         self.settings = settings or WebhookSettings()
+        self.allow_private = allow_private
         self._secret = secret
         self._stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
+        self._active: set[str] = set()  # request ids being delivered now
         self._lock = threading.Lock()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Look for due webhooks now (those left by a previous run too) and from then on."""
+        self._poller = threading.Thread(target=self._poll, name="lipsync-webhooks", daemon=True)
+        self._poller.start()
 
     def request_done(self, request_id: str) -> None:
-        """Start delivering a finished request's webhook, if it has one; never raises."""
+        """Start delivering a finished request's webhook, if it has one and it is due;
+        never raises."""
+        with self._lock:
+            if request_id in self._active:
+                return
+            self._active.add(request_id)
         try:
             job = self.store.request(request_id)
-            if not job.webhook or job.status not in EVENTS:
+            state = self.store.webhook_state(request_id)
+            made = 0 if state is None else state.attempts
+            settled = state is not None and (state.delivered_at or state.gave_up_at)
+            if not job.webhook or job.status not in EVENTS or settled:
+                self._release(request_id)
+                return
+            if made >= self.settings.attempts:
+                self._give_up(request_id, "no attempt left")
+                self._release(request_id)
                 return
             webhook = parse_webhook(job.webhook)
             body = {**status_data(job), "event": EVENTS[job.status]}
-        except Exception:  # a webhook problem must never reach the job worker
+        except Exception:  # a webhook problem must never reach its caller
             logger.exception("request %s: cannot prepare its webhook", request_id)
+            self._give_up(request_id, "cannot prepare it")
+            self._release(request_id)
             return
 
         payload = json.dumps(body, separators=(",", ":")).encode()
         thread = threading.Thread(
             target=self._deliver,
-            args=(request_id, webhook, payload),
+            args=(request_id, webhook, payload, made + 1),
             name=f"lipsync-webhook-{request_id[:8]}",
             daemon=True,
         )
@@ -169,16 +207,33 @@ class WebhookSender:
         return not any(thread.is_alive() for thread in threads)
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Cut short the waits between attempts and give running POSTs ``timeout`` to end."""
+        """Stop looking, cut short the waits between attempts (those deliveries resume at the
+        next start) and give running POSTs ``timeout`` to end."""
         self._stopping.set()
+        if self._poller is not None:
+            self._poller.join()
         self.drain(timeout)
 
-    def _deliver(self, request_id: str, webhook: Webhook, payload: bytes) -> None:
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                for request_id in self.store.due_webhooks():
+                    self.request_done(request_id)
+            except Exception:  # the next look may fare better (a busy database)
+                logger.exception("looking for due webhooks failed")
+            self._stopping.wait(self.settings.poll_interval)
+
+    def _deliver(self, request_id: str, webhook: Webhook, payload: bytes, first: int) -> None:
         url = target_url(webhook)
         headers = {**webhook.headers, SIGNATURE_HEADER: sign(payload, self._secret)}
+        timeout = self.settings.timeout
         try:
-            for attempt in range(1, self.settings.attempts + 1):
-                status, error = post_json(url, payload, headers, self.settings.timeout)
+            for attempt in range(first, self.settings.attempts + 1):
+                try:
+                    status, error = post_json(url, payload, headers, timeout, self.allow_private)
+                except PrivateAddressError as exc:  # refused for good: no retry
+                    self.store.record_webhook_attempt(request_id, None, f"refused: {exc}")
+                    break
                 self.store.record_webhook_attempt(request_id, status, error)
                 if error is None:
                     logger.info("request %s: webhook delivered (HTTP %s)", request_id, status)
@@ -189,14 +244,26 @@ class WebhookSender:
                 if not retryable or attempt == self.settings.attempts:
                     break
                 if self._stopping.wait(self.settings.base_delay * 2 ** (attempt - 1)):
-                    break
-            # TODO(#5): resume undelivered webhooks when the server starts again.
-            logger.warning("request %s: webhook not delivered to %s", request_id, webhook.url)
+                    return  # stopping: the attempts left are made at the next start
+            self._give_up(request_id, f"not delivered to {webhook.url}")
         except Exception:  # the thread's last word; the job's outcome stands
             logger.exception("request %s: webhook delivery broke", request_id)
+            self._give_up(request_id, "delivery broke")
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
+            self._release(request_id)
+
+    def _give_up(self, request_id: str, why: str) -> None:
+        logger.warning("request %s: webhook given up: %s", request_id, why)
+        try:
+            self.store.give_up_webhook(request_id)
+        except Exception:  # not recorded: the next look tries it again, which is harmless
+            logger.exception("request %s: cannot record the webhook as given up", request_id)
+
+    def _release(self, request_id: str) -> None:
+        with self._lock:
+            self._active.discard(request_id)
 
 
 def _flat(value: Any, name: str) -> dict[str, str]:

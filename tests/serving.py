@@ -1,0 +1,200 @@
+"""The shim as a separate process (``python -m lipsync serve``) for the tests that kill,
+restart or fuzz it, and a loopback receiver for its webhooks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from lipsync.server.app import BASE_PATH
+
+STARTUP_TIMEOUT = 60.0  # seconds for the server to answer (imports on a slow CI machine)
+
+
+class ServerProcess:
+    """One ``serve`` process on a free loopback port, its store in ``home``."""
+
+    def __init__(self, home: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        self.home = home
+        self.env = {**os.environ, "LIPSYNC_HOME": str(home), **env}
+        self.args = args
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{BASE_PATH}"
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until it answers."""
+        self.port = _free_port()
+        self.starts += 1
+        log = open(self.home / f"server-{self.starts}.log", "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "lipsync", "serve", "--port", str(self.port)]
+        # A session of its own: the test can end the server and all it started.
+        self.process = subprocess.Popen(
+            [*command, *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the server exited ({self.process.returncode}):\n{self.log()}"
+                )
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/openapi.json", timeout=2).is_success:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the server did not answer in {STARTUP_TIMEOUT} s:\n{self.log()}")
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"x-api-key": key}, timeout=60)
+
+    def workers(self) -> list[int]:
+        """Every process the server started (job workers, their face workers, helpers)."""
+        return _descendants(self.process.pid) if self.process is not None else []
+
+    def crash(self) -> list[int]:
+        """SIGKILL the server and everything it started, as a power cut would; their pids."""
+        victims = [self.process.pid, *self.workers()]
+        for pid in victims:
+            _kill(pid)
+        self.process.wait(10)
+        return victims
+
+    def kill_server_only(self) -> list[int]:
+        """SIGKILL the server process alone; the pids of the processes it leaves behind."""
+        left = self.workers()
+        _kill(self.process.pid)
+        self.process.wait(10)
+        return left
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a graceful stop) and wait; the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return (self.home / f"server-{self.starts}.log").read_text(errors="replace")[-4000:]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records POSTs, answers scripted statuses."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []  # each request: path, headers, and a POST's body
+        self.script: dict[str, list[int]] = {}  # path -> statuses to answer, in order
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                path = urllib.parse.urlsplit(self.path).path
+                with receiver.lock:
+                    call = {"path": path, "headers": dict(self.headers), "body": body}
+                    receiver.calls.append(call)
+                    statuses = receiver.script.get(path, [])
+                    code = statuses.pop(0) if statuses else 200
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                with receiver.lock:
+                    receiver.calls.append({"path": self.path, "headers": dict(self.headers)})
+                self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def posts(self, path: str) -> list[dict]:
+        with self.lock:
+            return [c for c in self.calls if c["path"] == path and "body" in c]
+
+    def wait_posts(self, path: str, count: int, timeout: float = 60.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(self.posts(path)) < count:
+            assert time.monotonic() < deadline, f"{count} POST(s) to {path} did not arrive"
+            time.sleep(0.05)
+        return self.posts(path)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def wait_for(client: httpx.Client, request_id: str, done, timeout: float) -> dict:
+    """Poll get_status until ``done(data)``; the last status data."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/get_status", params={"request_id": request_id})
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        if done(data):
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"request {request_id}: not reached in {timeout} s (last: {data})")
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
