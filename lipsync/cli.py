@@ -217,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_dub_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--intensity", type=int, choices=(1, 2, 3), default=2)
-    sub.add_argument("--model", default="e1", help="generator: e1 (built in)")
+    sub.add_argument(
+        "--model", default="e1", help="generator: e1 (built in), e2, e3 or an imported model"
+    )
     sub.add_argument(
         "--faces", type=_faces_arg, default="largest", help="largest (default), all, or an index"
     )

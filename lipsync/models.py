@@ -172,6 +172,27 @@ def list_models() -> list[ModelStatus]:
     return [_status(name, manifest.get(name), registry.get(name)) for name in names]
 
 
+def model_names() -> list[str]:
+    """Every model name a job may ask for: the manifest's, then the user's own installed ones."""
+    manifest = load_manifest()
+    return [*manifest, *sorted(set(_read_registry()) - set(manifest))]
+
+
+def model_contract(name: str) -> ModelContract:
+    """The contract a model's file honours: the manifest's, else the one recorded at import.
+
+    Raises:
+        InvalidOptionError: no model of that name is in the manifest or installed.
+    """
+    entry = load_manifest().get(name)
+    if entry is not None:
+        return entry.contract
+    record = _read_registry().get(name)
+    if record is None:
+        raise InvalidOptionError(f"no model named {name!r} is known or installed")
+    return ModelContract.from_dict(record.get("contract") or {})
+
+
 def require_model(name: str) -> ModelStatus:
     """The status of an installed, verified model; raises when it is missing or corrupt.
 

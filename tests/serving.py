@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -161,6 +162,13 @@ def wait_for(client: httpx.Client, request_id: str, done, timeout: float) -> dic
             return data
         time.sleep(0.1)
     raise AssertionError(f"request {request_id}: not reached in {timeout} s (last: {data})")
+
+
+def request_rows(home: Path) -> dict[str, sqlite3.Row]:
+    """The store's requests table, read directly: request id to row (status, owner, attempts)."""
+    with sqlite3.connect(home / "server" / "lipsync.db") as db:
+        db.row_factory = sqlite3.Row
+        return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
 
 
 def alive(pid: int) -> bool:

@@ -11,10 +11,11 @@ from lipsync import cli
 from lipsync.errors import (
     DataCorruptedError,
     InvalidFormatError,
+    InvalidOptionError,
     MissingDependencyError,
     ModelNotInstalledError,
 )
-from lipsync.generators import get_generator
+from lipsync.generators import get_generator, known
 from lipsync.models import (
     REGISTRY_FILE,
     import_onnx,
@@ -87,6 +88,20 @@ def test_a_model_that_honours_the_contract_imports_and_runs(tmp_path):
         expected = 1 / (1 + np.exp(-(video[:, :3] + level)))
         assert face.shape == (batch, 3, 96, 96)
         np.testing.assert_allclose(face, expected, atol=1e-5)
+
+
+def test_a_user_model_runs_by_its_own_name(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(InvalidOptionError, match="unknown model 'mine'"):
+        get_generator("mine")
+    assert known() == ["e1", "e2", "e3"]
+
+    import_onnx(tiny_model(tmp_path / "mine.onnx"), name="mine")
+
+    assert known() == ["e1", "e2", "e3", "mine"]
+    generator = get_generator("mine")
+    assert generator.name == "mine"
+    assert generator.contract == load_contract("wav2lip96"), "the contract recorded at import"
 
 
 def test_a_file_named_like_a_manifest_model_installs_as_that_model(tmp_path):

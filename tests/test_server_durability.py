@@ -19,7 +19,7 @@ pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fas
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
 pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
-from serving import Receiver, ServerProcess, alive, wait_for  # noqa: E402
+from serving import Receiver, ServerProcess, alive, request_rows, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
@@ -66,7 +66,8 @@ def test_crash_mid_job_then_restart_finishes_every_request_once(server, receiver
         # One worker: the first job is under way, the other two wait behind it.
         wait_for(client, ids[0], _started, JOB_TIMEOUT)
     server.crash()
-    assert _rows(server.home)[ids[0]]["status"] == "running", "killed in the middle of the job"
+    killed = request_rows(server.home)[ids[0]]
+    assert killed["status"] == "running", "killed in the middle of the job"
 
     with server.start().client(KEY) as client:
         finals = [wait_for(client, i, _ended, JOB_TIMEOUT) for i in ids]
@@ -81,7 +82,7 @@ def test_crash_mid_job_then_restart_finishes_every_request_once(server, receiver
         assert response.status_code == 200 and response.content[4:8] == b"ftyp"
         assert validate_video(path).frame_count == frames, "a whole video"
 
-    rows = _rows(server.home)
+    rows = request_rows(server.home)
     assert [rows[i]["attempts"] for i in ids] == [2, 1, 1], "only the killed job ran again"
     outputs = server.home / "server" / "outputs"
     assert sorted(p.name for p in outputs.iterdir()) == sorted(
@@ -96,7 +97,7 @@ def test_server_killed_alone_leaves_its_job_to_the_worker(server, receiver, long
         request_id = _submit(client, long_inputs, hook)
         wait_for(client, request_id, _started, JOB_TIMEOUT)
     left = server.kill_server_only()
-    worker = _rows(server.home)[request_id]["owner"]
+    worker = request_rows(server.home)[request_id]["owner"]
     assert any(alive(pid) for pid in left), "the job worker outlives its server"
 
     with server.start().client(KEY) as client:
@@ -105,7 +106,7 @@ def test_server_killed_alone_leaves_its_job_to_the_worker(server, receiver, long
     assert final["status_code"] == "success", final
     assert response.status_code == 200 and response.content[4:8] == b"ftyp"
 
-    row = _rows(server.home)[request_id]
+    row = request_rows(server.home)[request_id]
     assert row["attempts"] == 1, "the new server left the job to its living owner"
     assert worker.split("/")[1] in {str(pid) for pid in left}
     _assert_one_webhook_each(receiver, "/orphan", [request_id])
@@ -167,7 +168,7 @@ def test_twenty_concurrent_submissions_all_complete(tmp_path, short_inputs):
     assert listed["total_requests"] == 20
     assert sorted(r["request_id"] for r in listed["data"]) == sorted(ids)
     assert sorted(a["media_type"] for a in assets) == ["audio", "video"], "uploads kept once"
-    assert max(r["attempts"] for r in _rows(home).values()) == 1
+    assert max(r["attempts"] for r in request_rows(home).values()) == 1
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -208,12 +209,6 @@ def _saved(responses, home: Path) -> list[Path]:
         path.write_bytes(response.content)
         paths.append(path)
     return paths
-
-
-def _rows(home: Path) -> dict[str, sqlite3.Row]:
-    with sqlite3.connect(home / "server" / "lipsync.db") as db:
-        db.row_factory = sqlite3.Row
-        return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
 
 
 def _webhook_row(home: Path, request_id: str) -> sqlite3.Row:

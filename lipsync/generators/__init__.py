@@ -9,10 +9,6 @@ from .base import INTENSITIES, FaceFrame, Generator, SourceVideo
 
 _REGISTRY: dict[str, type[Generator]] = {}
 
-# Names the hosted API accepts for neural models: ONNX files the user imports (the weights
-# are their authors', not ours), run by generators/onnx.py.
-_RESERVED = ("e2", "e3")
-
 
 def register(name: str) -> Callable[[type[Generator]], type[Generator]]:
     """Class decorator: make a generator available under ``name``."""
@@ -26,8 +22,16 @@ def register(name: str) -> Callable[[type[Generator]], type[Generator]]:
 
 
 def available() -> list[str]:
-    """Names of the generators that can run in this installation."""
+    """Names of the built-in generators (they need no weights)."""
     return sorted(_REGISTRY)
+
+
+def known() -> list[str]:
+    """Every name a job may ask for: the built-in generators, then the ONNX models of the
+    manifest (``e2``, ``e3``: their weights are the user's to import) and the user's own."""
+    from ..models import model_names
+
+    return [*available(), *(name for name in model_names() if name not in _REGISTRY)]
 
 
 def get_generator(name: str, *, intensity: int = 2) -> Generator:
@@ -36,15 +40,14 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
         raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {intensity!r}")
     if name in _REGISTRY:
         return _REGISTRY[name](intensity=intensity)
-    if name in _RESERVED:
-        from ..models import load_manifest, require_model
+    if name in known():
+        from ..models import model_contract, require_model
         from .onnx import OnnxGenerator
 
         # Missing weights are the user's to import: say so before anything else.
         status = require_model(name)
-        # TODO(#4): user-registered ONNX models by their own names, with their contracts.
-        return OnnxGenerator(name, status, load_manifest()[name].contract, intensity=intensity)
-    raise InvalidOptionError(f"unknown model {name!r}; available: {', '.join(available())}")
+        return OnnxGenerator(name, status, model_contract(name), intensity=intensity)
+    raise InvalidOptionError(f"unknown model {name!r}; known: {', '.join(known())}")
 
 
 from . import e1  # noqa: E402,F401  (registers the built-in generator)
@@ -56,5 +59,6 @@ __all__ = [
     "SourceVideo",
     "available",
     "get_generator",
+    "known",
     "register",
 ]

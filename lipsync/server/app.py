@@ -27,8 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import InvalidOptionError, LipsyncError
-from ..generators import available
+from ..errors import InvalidOptionError, LipsyncError, ModelNotInstalledError
+from ..generators import available, known
 from ..media import probe_audio, validate_video
 from .jobs import JobSettings, WorkerProcesses
 from .keys import ApiKey, configured_keys, normalize
@@ -288,7 +288,7 @@ async def _parse_job(request: Request, key: str, store: Store, settings: ServerS
             400, "invalid_request", "Send application/json or a form (multipart or urlencoded)"
         )
 
-    model = _model(fields.get("model"))
+    model = await run_in_threadpool(_model, fields.get("model"))
     intensity = _intensity(fields)
     webhook = _webhook(fields.get("webhook"))
     if webhook is not None:
@@ -407,11 +407,20 @@ def _assets_list(value: Any) -> list[dict]:
 
 
 def _model(value: Any) -> str:
+    """The job's model; a neural one must have its weights installed (checked now, so the
+    client is told how to bring them rather than handed a job that can only fail)."""
     if value is None:
         raise ApiError(400, "invalid_request", "model is required (e.g. e1)")
-    names = available()
+    names = known()
     if value not in names:
         raise ApiError(400, "invalid_request", f"Unknown model {value!r}; known: {names}")
+    if value not in available():
+        from ..models import require_model
+
+        try:
+            require_model(value)
+        except ModelNotInstalledError as exc:
+            raise ApiError(400, "invalid_request", str(exc)) from None
     return value
 
 
