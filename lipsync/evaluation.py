@@ -44,10 +44,9 @@ from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
 from .faces import LEFT_EYE_OUTER, RIGHT_EYE_OUTER, detect_faces, fit_similarity
 from .landmarks import (
+    LIP_POINTS,
     LIPS_LOWER_INNER,
-    LIPS_LOWER_OUTER,
     LIPS_UPPER_INNER,
-    LIPS_UPPER_OUTER,
     mouth_frame,
 )
 from .media import PathLike, VideoInfo, load_audio, probe_audio, validate_video
@@ -77,9 +76,6 @@ _MEASURE_CHUNK = 1024  # frames whose full landmarks are held at once
 
 # The inner-lip pairs at the middle of the mouth, upper and lower, and every lip point.
 _INNER_PAIRS = tuple(zip(LIPS_UPPER_INNER[4:7], LIPS_LOWER_INNER[4:7], strict=True))
-LIP_POINTS = tuple(
-    sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
-)
 _CLOSED_SHAPES = ("closed", "lip_teeth")
 
 

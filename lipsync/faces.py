@@ -46,6 +46,9 @@ FRAMES_PER_WORKER = 250  # the least work (frames) worth starting one more worke
 POSE_SIGMA_S = 0.04
 UPPER_SIGMA_S = 0.07
 LOWER_SIGMA_S = 0.025
+# The lower face's shape in steady_lower_face: slow enough that the source speaker's own
+# speech (a few syllables a second) averages out, quick enough to follow a smile.
+STEADY_SIGMA_S = 0.25
 
 # Points that move with the skull and hardly with expression: forehead, nose bridge and tip,
 # eye corners, temples and cheekbones. The head pose is fitted on these.
@@ -337,7 +340,12 @@ def landmark_boxes(landmarks: np.ndarray) -> np.ndarray:
     return np.concatenate([landmarks.min(axis=1), landmarks.max(axis=1)], axis=1).astype(np.float32)
 
 
-def smooth_landmarks(landmarks: np.ndarray, fps: float, strength: float = 1.0) -> np.ndarray:
+def smooth_landmarks(
+    landmarks: np.ndarray,
+    fps: float,
+    strength: float = 1.0,
+    sigmas_s: tuple[float, float, float] | None = None,
+) -> np.ndarray:
     """Zero-phase temporal smoothing of one face over consecutive frames.
 
     Each frame is split into a head pose (a similarity transform fitted on STABLE_POINTS
@@ -351,10 +359,12 @@ def smooth_landmarks(landmarks: np.ndarray, fps: float, strength: float = 1.0) -
         landmarks: (n, 468, 2) px of one face on n consecutive frames.
         fps: frame rate, to turn the sigmas from seconds into frames.
         strength: multiplies every sigma; 0 returns the input unchanged.
+        sigmas_s: (pose, upper face, lower face) sigmas in seconds instead of the defaults.
 
     Returns:
         (n, 468, 2) float32 smoothed landmarks.
     """
+    pose_s, upper_s, lower_s = sigmas_s or (POSE_SIGMA_S, UPPER_SIGMA_S, LOWER_SIGMA_S)
     landmarks = np.asarray(landmarks, dtype=np.float64)
     if strength <= 0 or len(landmarks) < 3:
         return landmarks.astype(np.float32)
@@ -367,26 +377,43 @@ def smooth_landmarks(landmarks: np.ndarray, fps: float, strength: float = 1.0) -
 
     # Scale and rotation are smoothed as log-magnitude and unwrapped angle, so a turn through
     # +-180 degrees or a zoom stays continuous.
-    pose_sigma = strength * POSE_SIGMA_S * fps
+    pose_sigma = strength * pose_s * fps
     log_scale = _gaussian(np.log(np.abs(scale)), pose_sigma)
     angle = _gaussian(np.unwrap(np.angle(scale)), pose_sigma)
     scale = np.exp(log_scale + 1j * angle)
     shift = _gaussian(shift.real, pose_sigma) + 1j * _gaussian(shift.imag, pose_sigma)
 
     lower = _lower_face(reference)
-    shape[:, ~lower] = _gaussian_complex(shape[:, ~lower], strength * UPPER_SIGMA_S * fps)
-    shape[:, lower] = _gaussian_complex(shape[:, lower], strength * LOWER_SIGMA_S * fps)
+    shape[:, ~lower] = _gaussian_complex(shape[:, ~lower], strength * upper_s * fps)
+    shape[:, lower] = _gaussian_complex(shape[:, lower], strength * lower_s * fps)
 
     points = scale[:, None] * shape + shift[:, None]
     return np.stack([points.real, points.imag], axis=-1).astype(np.float32)
 
 
-def _smooth_track(frames: np.ndarray, landmarks: np.ndarray, fps: float, strength: float):
+def steady_lower_face(track: FaceTrack, fps: float, sigma_s: float = STEADY_SIGMA_S) -> np.ndarray:
+    """The track's landmarks with the lower face's shape held steady, the head's pose kept.
+
+    The shape of the mouth and jaw, once the head pose is undone, is averaged over about
+    ``sigma_s`` seconds either side: what the source speaker's lips do syllable by syllable
+    is gone, a slow change of expression stays. e1 builds its new mouth on this shape, so
+    the old speech does not show through the new one.
+    """
+    return _smooth_track(track.frames, track.landmarks, fps, 1.0, (0.0, 0.0, sigma_s))
+
+
+def _smooth_track(
+    frames: np.ndarray,
+    landmarks: np.ndarray,
+    fps: float,
+    strength: float,
+    sigmas_s: tuple[float, float, float] | None = None,
+):
     """Smooth each run of consecutive frames on its own: a gap may hide any motion."""
     out = np.empty_like(landmarks, dtype=np.float32)
     breaks = np.flatnonzero(np.diff(frames) != 1) + 1
     for rows in np.split(np.arange(len(frames)), breaks):
-        out[rows] = smooth_landmarks(landmarks[rows], fps, strength)
+        out[rows] = smooth_landmarks(landmarks[rows], fps, strength, sigmas_s)
     return out
 
 

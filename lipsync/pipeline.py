@@ -270,7 +270,7 @@ def _prepare_batch(batch, faces: FaceResult, generator: Generator, converter: Pa
 
         edits.append(edit)
         for track, landmarks in tracks:
-            face_frames.append(FaceFrame(image, landmarks - origin, out_index, track))
+            face_frames.append(FaceFrame(image, landmarks - origin, out_index, track, source_index))
     return edits, face_frames
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from .audio import AudioFeatures
 
@@ -27,6 +28,10 @@ OPEN_SCALE = {
 OPEN_VOWEL_FLOOR = 0.35
 # Light smoothing over neighbouring frames, so targets ease in and out.
 _SMOOTH = np.array([0.2, 0.6, 0.2])
+# A shape's narrowing (a closure, lips on teeth, rounding) eases in and out over about this
+# many frames (Gaussian sigma): lips do not jump, and a target that jumps between two
+# neighbouring frames makes the new mouth jitter where the voice itself is steady.
+EASE_FRAMES = 1.0
 
 
 def apply_visemes(features: AudioFeatures, shapes: np.ndarray) -> AudioFeatures:
@@ -46,6 +51,8 @@ def apply_visemes(features: AudioFeatures, shapes: np.ndarray) -> AudioFeatures:
     upcoming = np.append(now[1:], now[-1])
     # Anticipate a closing by half a step; never open early for an opening.
     factor = np.minimum(now, 0.5 * (now + upcoming))
+    # Only ever lowered: a closing frame stays exactly closed, its neighbours ease towards it.
+    factor = np.minimum(factor, gaussian_filter1d(factor, EASE_FRAMES, mode="nearest"))
     target = openness * factor
     voiced_open = (shapes == "open") & features.active
     target[voiced_open] = np.maximum(target[voiced_open], OPEN_VOWEL_FLOOR)

@@ -5,8 +5,15 @@ from conftest import face_landmarks
 from lipsync.audio import AudioFeatures
 from lipsync.errors import InvalidOptionError, MissingDependencyError
 from lipsync.generators import FaceFrame, available, get_generator
-from lipsync.generators.e1 import lower_face_alpha
-from lipsync.landmarks import inner_opening, mouth_frame
+from lipsync.generators.e1 import _control_moves, lower_face_alpha
+from lipsync.landmarks import (
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    inner_opening,
+    mouth_frame,
+)
 
 
 def _features(openness) -> AudioFeatures:
@@ -30,6 +37,26 @@ def _measured_opening(image) -> float:
     landmarks = face_landmarks(image)
     assert landmarks is not None
     return inner_opening(landmarks) / mouth_frame(landmarks).width
+
+
+def test_new_lips_are_built_on_the_steady_shape(portrait):
+    _, landmarks = portrait
+    landmarks = landmarks.astype(np.float64)
+    frame = mouth_frame(landmarks)
+    # The source speaker's lips somewhere else on this frame: lower lip down, corners in.
+    talking = landmarks.copy()
+    talking[list(LIPS_LOWER_INNER + LIPS_LOWER_OUTER)] += 0.08 * frame.width * frame.v
+    talking[[MOUTH_LEFT, MOUTH_RIGHT]] -= 0.03 * frame.width * frame.u * [[-1], [1]]
+
+    held = _control_moves(talking, mouth_frame(talking), 0.1 * frame.width, shape=landmarks)
+    still = _control_moves(landmarks, frame, 0.1 * frame.width)
+
+    # Wherever the pixels' lips are, the new lips are the steady shape's, opened alike, and
+    # every control ends up where the still face's does.
+    np.testing.assert_allclose(held.inner, still.inner, atol=1e-9)
+    lips = slice(0, 2 * (len(LIPS_LOWER_INNER) - 2) + 2 * (len(LIPS_LOWER_OUTER) - 2))
+    np.testing.assert_allclose(held.targets[lips], still.targets[lips], atol=1e-9)
+    assert np.abs(held.moves[lips]).max() > 0.05 * frame.width, "the talking lips are moved"
 
 
 def test_registry_names_and_errors():

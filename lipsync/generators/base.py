@@ -23,6 +23,7 @@ class FaceFrame:
     landmarks: np.ndarray  # (468, 2) float32 px in ``image``, smoothed face-mesh landmarks
     out_index: int  # position on the output timeline: which audio features apply
     track: int  # which face track this is, so a generator can keep per-face state
+    source_index: int = -1  # the source frame the face is on (-1: not from a source video)
 
 
 @dataclass

@@ -15,11 +15,13 @@ import cv2
 import numpy as np
 
 from ..audio import AudioFeatures
+from ..faces import steady_lower_face
 from ..kernels import blend_masked, displacement_field, seam_split_maps
 from ..landmarks import (
     CHIN,
     CHIN_MIDLINE,
     JAW,
+    LIP_POINTS,
     LIPS_LOWER_INNER,
     LIPS_LOWER_OUTER,
     LIPS_UPPER_INNER,
@@ -48,6 +50,9 @@ ROUND_PULL = 0.25
 FEATHER = 0.07
 # The displacement field is evaluated on a grid this many pixels apart, then interpolated.
 GRID_STEP = 4
+# A mouth sample in use is kept until another fits the opening this much better (mouth
+# widths): two near-equal samples swapped frame after frame make the inside flicker.
+SAMPLE_STICK = 0.03
 TEETH_RGB = np.array([226.0, 220.0, 208.0], dtype=np.float32)
 # Which side of the lip seam a control point steers (a bit mask: anchors steer both).
 _UPPER, _LOWER = 1, 2
@@ -75,6 +80,10 @@ class E1Generator(Generator):
         self._rounding = np.zeros(0, dtype=np.float32)
         self._lip_rgb: dict[int, np.ndarray] = {}
         self._atlases: dict[int, MouthAtlas] = {}
+        self._samples: dict[int, MouthSample] = {}  # track -> the mouth sample in use
+        # track -> (its source frames, (n, len(LIP_POINTS), 2) px from each frame's lips to
+        # the steady lower face's): where the lips are held while the new voice moves them.
+        self._holds: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
         self._openness = np.asarray(audio.openness, dtype=np.float32)
@@ -82,6 +91,14 @@ class E1Generator(Generator):
         self._rounding = np.asarray(rounding, dtype=np.float32)
         mouths = {} if source is None else source.faces.mouths
         self._atlases = {track: MouthAtlas(samples) for track, samples in mouths.items()}
+        self._samples = {}
+        self._holds = {}
+        if source is not None:
+            fps = float(source.info.fps)
+            for t, track in enumerate(source.faces.tracks):
+                steady = steady_lower_face(track, fps)
+                lips = list(LIP_POINTS)
+                self._holds[t] = (track.frames, steady[:, lips] - track.landmarks[:, lips])
 
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         landmarks = np.asarray(landmarks, dtype=np.float64)
@@ -107,12 +124,13 @@ class E1Generator(Generator):
 
         opening = self.target_opening(face.out_index, frame.width)
         rounding = self._rounding[face.out_index] if face.out_index < len(self._rounding) else 0
-        controls = _control_moves(landmarks, frame, opening, float(rounding))
+        controls = _control_moves(
+            landmarks, frame, opening, float(rounding), shape=self._steady_shape(face, landmarks)
+        )
         warped = _warp_roi(image, box, controls, frame)
 
         lip_rgb = self._track_lip_colour(face.track, image, landmarks)
-        atlas = self._atlases.get(face.track)
-        sample = atlas.nearest(opening / frame.width) if atlas is not None else None
+        sample = self._mouth_sample(face.track, opening / frame.width)
         if sample is not None:
             _paste_mouth_inside(warped, box, controls.inner, frame, sample, lip_rgb)
         else:
@@ -122,6 +140,35 @@ class E1Generator(Generator):
         roi = image[y0:y1, x0:x1]
         blend_masked(roi, warped, alpha)
         return box
+
+    def _mouth_sample(self, track: int, opening: float) -> MouthSample | None:
+        """The speaker's own mouth sample for an opening (mouth widths), kept while it fits."""
+        atlas = self._atlases.get(track)
+        best = atlas.nearest(opening) if atlas is not None else None
+        if best is None:
+            return None
+        held = self._samples.get(track)
+        if (
+            held is not None
+            and abs(held.opening - opening) <= abs(best.opening - opening) + SAMPLE_STICK
+        ):
+            return held
+        self._samples[track] = best
+        return best
+
+    def _steady_shape(self, face: FaceFrame, landmarks: np.ndarray) -> np.ndarray | None:
+        """The face's landmarks with its lips where the steady lower face has them; None for
+        a face that is not on a frame of the prepared source."""
+        hold = self._holds.get(face.track)
+        if hold is None:
+            return None
+        frames, moves = hold
+        row = int(np.searchsorted(frames, face.source_index))
+        if row >= len(frames) or frames[row] != face.source_index:
+            return None
+        shape = landmarks.copy()
+        shape[list(LIP_POINTS)] += moves[row]
+        return shape
 
     def _track_lip_colour(self, track: int, image: np.ndarray, landmarks: np.ndarray):
         """Lip colour of this face, averaged over time so the mouth inside does not flicker."""
@@ -148,19 +195,29 @@ def _mask_box(landmarks, frame: MouthFrame, shape) -> tuple[int, int, int, int] 
 
 
 def _control_moves(
-    landmarks, frame: MouthFrame, opening: float, rounding: float = 0.0
+    landmarks,
+    frame: MouthFrame,
+    opening: float,
+    rounding: float = 0.0,
+    shape: np.ndarray | None = None,
 ) -> _Controls:
     """Control points, their moves (px), reaches and sides, plus the new inner-lip loop.
 
-    Each inner-lip pair (upper and lower point at the same place across the mouth) is moved
-    apart or together until its gap matches a lens-shaped profile whose centre is
-    ``opening``; the outer lip follows its inner edge and the chin follows the lower lip.
+    The new lips are built on ``shape`` (the face's landmarks with its lips held steady;
+    default: ``landmarks`` as they are): each inner-lip pair (upper and lower point at the
+    same place across the mouth) is moved apart or together until its gap matches a
+    lens-shaped profile whose centre is ``opening``; the outer lip follows its inner edge
+    and the chin follows the lower lip. The moves then take each point from where it is in
+    ``landmarks`` (the pixels of this frame) to where the new lips have it.
     """
-    width, v = frame.width, frame.v
-    upper_in = landmarks[list(LIPS_UPPER_INNER)]
-    lower_in = landmarks[list(LIPS_LOWER_INNER)]
-    local_up = frame.to_local(upper_in)
-    local_lo = frame.to_local(lower_in)
+    held = shape is not None
+    shape = landmarks if shape is None else shape
+    lips_frame = mouth_frame(shape) if held else frame
+    width, v = lips_frame.width, lips_frame.v
+    upper_in = shape[list(LIPS_UPPER_INNER)]
+    lower_in = shape[list(LIPS_LOWER_INNER)]
+    local_up = lips_frame.to_local(upper_in)
+    local_lo = lips_frame.to_local(lower_in)
 
     across = np.clip(local_up[:, 0] / (0.5 * width), -1.0, 1.0)
     profile = np.sqrt(1.0 - across**2)
@@ -170,43 +227,52 @@ def _control_moves(
 
     down = change[:, None] * v[None, :]
     moves_lo, moves_up = LOWER_SHARE * down, -UPPER_SHARE * down
-    mid = change[len(change) // 2]
 
     # Rounding (o, u, w) draws the lips towards the middle: every lip point, corners
     # included, moves inwards in proportion to its distance from the centre.
     def pull(points: np.ndarray) -> np.ndarray:
-        across_px = frame.to_local(points)[:, 0]
-        return -ROUND_PULL * rounding * across_px[:, None] * frame.u[None, :]
+        across_px = lips_frame.to_local(points)[:, 0]
+        return -ROUND_PULL * rounding * across_px[:, None] * lips_frame.u[None, :]
 
-    moves_up = moves_up + pull(upper_in)
-    moves_lo = moves_lo + pull(lower_in)
-    upper_out = landmarks[list(LIPS_UPPER_OUTER[1:-1])]
-    lower_out = landmarks[list(LIPS_LOWER_OUTER[1:-1])]
+    def hold(indices) -> np.ndarray:
+        """From where the points are on this frame to where the steady shape has them."""
+        return shape[list(indices)] - landmarks[list(indices)]
+
+    moves_up = moves_up + pull(upper_in) + hold(LIPS_UPPER_INNER)
+    moves_lo = moves_lo + pull(lower_in) + hold(LIPS_LOWER_INNER)
+    upper_out = shape[list(LIPS_UPPER_OUTER[1:-1])]
+    lower_out = shape[list(LIPS_LOWER_OUTER[1:-1])]
+    # The outer lip follows its inner edge's opening (not its hold: each point has its own).
+    open_up = moves_up[1:-1] - pull(upper_in[1:-1]) - hold(LIPS_UPPER_INNER[1:-1])
+    open_lo = moves_lo[1:-1] - pull(lower_in[1:-1]) - hold(LIPS_LOWER_INNER[1:-1])
+    moves_up_out = 0.9 * open_up + pull(upper_out) + hold(LIPS_UPPER_OUTER[1:-1])
+    moves_lo_out = 0.95 * open_lo + pull(lower_out) + hold(LIPS_LOWER_OUTER[1:-1])
 
     up, lo, both = _UPPER, _LOWER, _UPPER | _LOWER
     groups = [
-        (upper_in[1:-1], moves_up[1:-1], 0.06, up),
-        (lower_in[1:-1], moves_lo[1:-1], 0.06, lo),
-        (upper_out, 0.9 * (moves_up[1:-1] - pull(upper_in[1:-1])) + pull(upper_out), 0.08, up),
-        (lower_out, 0.95 * (moves_lo[1:-1] - pull(lower_in[1:-1])) + pull(lower_out), 0.08, lo),
+        (landmarks[list(LIPS_UPPER_INNER[1:-1])], moves_up[1:-1], 0.06, up),
+        (landmarks[list(LIPS_LOWER_INNER[1:-1])], moves_lo[1:-1], 0.06, lo),
+        (landmarks[list(LIPS_UPPER_OUTER[1:-1])], moves_up_out, 0.08, up),
+        (landmarks[list(LIPS_LOWER_OUTER[1:-1])], moves_lo_out, 0.08, lo),
     ]
+    # The jaw carries the lower lip: the chin follows the middle of the lower lip down (or
+    # up), the angles of the jaw hardly move.
+    drop = float(moves_lo[len(moves_lo) // 2] @ v)
     chin = landmarks[list(CHIN_MIDLINE)]
-    chin_moves = LOWER_SHARE * mid * np.asarray(CHIN_FOLLOW)[:, None] * v[None, :]
-    groups.append((chin, chin_moves, 0.18, lo))
-
-    # The jaw line: the chin moves with the lower lip, the angles of the jaw hardly move.
+    groups.append((chin, drop * np.asarray(CHIN_FOLLOW)[:, None] * v[None, :], 0.18, lo))
     jaw = landmarks[[i for i in JAW if i != CHIN]]
-    reach = np.abs(frame.to_local(jaw)[:, 0]) / (0.5 * width)
+    reach = np.abs(frame.to_local(jaw)[:, 0]) / (0.5 * frame.width)
     jaw_follow = np.clip(1.0 - (reach - 0.6) / 1.4, 0.0, 1.0) * 0.85
-    groups.append((jaw, LOWER_SHARE * mid * jaw_follow[:, None] * v[None, :], 0.2, lo))
+    groups.append((jaw, drop * jaw_follow[:, None] * v[None, :], 0.2, lo))
 
-    # Anchors that hold the rest of the face still: the corners, the nose base, the cheeks,
-    # and a ring below the chin so the neck stretches as little as it can.
-    corners = landmarks[[MOUTH_LEFT, MOUTH_RIGHT]]
-    groups.append((corners, pull(corners), 0.1, both))
+    # Anchors that hold the rest of the face still: the corners (which only round and
+    # hold), the nose base, the cheeks, and a ring below the chin so the neck stretches as
+    # little as it can.
+    corners = [MOUTH_LEFT, MOUTH_RIGHT]
+    groups.append((landmarks[corners], pull(shape[corners]) + hold(corners), 0.1, both))
     still = landmarks[list(STILL)]
     offsets = np.array([[-0.5], [0.0], [0.5]])
-    below = landmarks[CHIN] + v * 0.45 * width + frame.u * offsets * width
+    below = landmarks[CHIN] + frame.v * 0.45 * frame.width + frame.u * offsets * frame.width
     for anchors, reach_w, side in ((still, 0.15, both), (below, 0.15, lo)):
         groups.append((anchors, np.zeros_like(anchors), reach_w, side))
 
@@ -215,7 +281,8 @@ def _control_moves(
     sigmas = np.concatenate([np.full(len(g[0]), g[2] * width) for g in groups])
     sides = np.concatenate([np.full(len(g[0]), g[3]) for g in groups])
 
-    new_up, new_lo = upper_in + moves_up, lower_in + moves_lo
+    new_up = landmarks[list(LIPS_UPPER_INNER)] + moves_up
+    new_lo = landmarks[list(LIPS_LOWER_INNER)] + moves_lo
     seam = frame.to_local((new_up + new_lo) / 2.0)
     inner = np.concatenate([new_up, new_lo[::-1]])
     return _Controls(points + moves, moves, sigmas, sides, seam[np.argsort(seam[:, 0])], inner)
