@@ -1,0 +1,179 @@
+"""The redis job queue end to end: a real redis-server, the shim and two remote workers, each
+a separate process on loopback, sharing no folder.
+
+One run covers what the queue promises: ten jobs spread over both workers; one worker killed
+(SIGKILL) in the middle of a job, which the other then finishes; the shim killed and started
+again while jobs run and wait; every request ends ``success`` exactly once, with a whole
+video, one output file and one webhook.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fastapi)")
+pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
+pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
+pytest.importorskip("dramatiq", reason="the redis queue needs the queue extra (dramatiq)")
+pytest.importorskip("redis", reason="the redis queue needs the queue extra (redis-py)")
+
+from serving import Receiver, RedisServer, ServerProcess, WorkerProcess, wait_for  # noqa: E402
+
+from lipsync.demo import make_demo_inputs  # noqa: E402
+from lipsync.media import validate_video  # noqa: E402
+
+KEY = "key-redis"
+TOKEN = "worker-token-for-tests"
+# Short enough that a killed worker's job comes back within seconds, long enough that a
+# shim restart on a busy 2-core machine does not cost a live worker its claim.
+LEASE = 8.0
+JOBS = 10
+TIMEOUT = 180.0  # seconds for all jobs; a 1 s, 128 px job takes about 2 s on 2 idle cores
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return make_demo_inputs(tmp_path_factory.mktemp("inputs"), seconds=1.0, size=128)
+
+
+@pytest.fixture
+def receiver():
+    served = Receiver()
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_server):
+    """A shim on the redis queue and two workers (not started); all stopped at the end."""
+    home = tmp_path / "shim"
+    home.mkdir()
+    env = {"LIPSYNC_API_KEYS": KEY, "LIPSYNC_WORKER_TOKEN": TOKEN}
+    args = ("--queue", redis_server.url, "--lease", str(LEASE), "--check-interval", "0.5")
+    shim = ServerProcess(home, env, (*args, "--allow-private-urls"))
+    workers = [WorkerProcess(tmp_path / f"worker-{n}", env, ()) for n in "ab"]
+    yield shim, workers
+    for worker in workers:
+        worker.stop()
+    shim.stop()
+
+
+def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server, inputs, receiver):
+    shim, (first, second) = cluster
+    shim.start()
+    for worker in (first, second):
+        worker.args = (
+            *("--queue", redis_server.url, "--shim", shim.root),
+            *("--lease", str(LEASE), "--face-workers", "1", "--heartbeat-timeout", "5"),
+        )
+        worker.launch()
+    for worker in (first, second):
+        worker.wait_ready()
+
+    hook = receiver.url + "/redis"
+    with shim.client(KEY) as client:
+        ids = [_submit(client, inputs, hook) for _ in range(JOBS)]
+
+    # The first worker finishes a job, then dies in the middle of its next one.
+    killed = _wait_until(lambda: first.done() and _running_on(shim.home, first.pid))
+    first.kill()
+
+    # The shim dies while the second worker runs a job and others wait, and comes back.
+    _wait_until(lambda: _running_on(shim.home, second.pid))
+    assert _count(shim.home, "pending") > 0, "jobs still wait when the shim dies"
+    shim.crash()
+    shim.start(port=shim.port)  # the workers know the shim by its address
+
+    with shim.client(KEY) as client:
+        finals = [wait_for(client, i, _ended, TIMEOUT) for i in ids]
+        listed = client.get("/list_requests", params={"limit": 100}).json()
+        files = [client.get("/get_file", params={"request_id": i}) for i in ids]
+
+    assert [f["status_code"] for f in finals] == ["success"] * JOBS, finals
+    assert listed["total_requests"] == JOBS, "nothing lost, nothing doubled"
+    frames = validate_video(inputs.video).frame_count
+    for number, response in enumerate(files):
+        assert response.status_code == 200 and response.content[4:8] == b"ftyp"
+        saved = shim.home / f"got-{number}.mp4"
+        saved.write_bytes(response.content)
+        assert validate_video(saved).frame_count == frames, "a whole video"
+
+    # Each request was finished by one worker, once; both workers did some.
+    by_first, by_second = first.done(), second.done()
+    assert by_first and by_second, (by_first, by_second)
+    assert len(by_second) == len(set(by_second)), "no job completed twice"
+    assert sorted(by_first + by_second) == sorted(ids)
+    assert killed in by_second, "the killed worker's job was finished by the other"
+
+    rows = _rows(shim.home)
+    assert rows[killed]["attempts"] >= 2, "the killed job ran again"
+    outputs = shim.home / "server" / "outputs"
+    assert sorted(p.name for p in outputs.iterdir()) == sorted(
+        Path(rows[i]["output"]).name for i in ids
+    ), "one file per request; no partial or refused upload left behind"
+
+    calls = receiver.wait_posts("/redis", JOBS, timeout=30)
+    time.sleep(1.5)  # longer than the shim's look for due webhooks: no late duplicate
+    bodies = [json.loads(c["body"]) for c in receiver.posts("/redis")]
+    assert sorted(b["request_id"] for b in bodies) == sorted(ids), "one webhook per request"
+    assert {b["event"] for b in bodies} == {"completed"} and len(calls) == JOBS
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _submit(client, inputs, webhook: str) -> str:
+    with open(inputs.video, "rb") as v, open(inputs.audio, "rb") as a:
+        response = client.post(
+            "/visualdub",
+            data={"model": "e1", "webhook": webhook},
+            files={"video": ("talk.mp4", v, "video/mp4"), "audio": ("voice.wav", a, "audio/wav")},
+        )
+    assert response.status_code == 201, response.text
+    return response.json()["data"]["request_id"]
+
+
+def _ended(data: dict) -> bool:
+    return data["status_code"] in ("success", "failed")
+
+
+def _wait_until(found, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not (value := found()):
+        assert time.monotonic() < deadline, "the run did not reach the expected state"
+        time.sleep(0.05)
+    return value
+
+
+def _running_on(home: Path, pid: int) -> str | None:
+    """The request a worker process holds once its job has begun (a phase is set)."""
+    for row in _rows(home).values():
+        owner = row["owner"] or ""
+        if row["status"] == "running" and f"/{pid}/" in owner and row["phase"] is not None:
+            return row["request_id"]
+    return None
+
+
+def _count(home: Path, status: str) -> int:
+    return sum(row["status"] == status for row in _rows(home).values())
+
+
+def _rows(home: Path) -> dict[str, sqlite3.Row]:
+    with sqlite3.connect(home / "server" / "lipsync.db", timeout=30) as db:
+        db.row_factory = sqlite3.Row
+        return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
