@@ -134,6 +134,32 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server
     assert {b["event"] for b in bodies} == {"completed"} and len(calls) == JOBS
 
 
+def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, redis_server):
+    from lipsync.server.queues import REMOTE_OWNER
+    from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, RedisQueue, open_broker
+    from lipsync.server.store import PENDING, Store
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/1"  # a database of its own
+    store = Store(tmp_path)
+    request_id = _stored_request(store, tmp_path)
+    consumer = open_broker(RedisOptions(url=url)).consume(QUEUE_NAME, prefetch=10, timeout=200)
+
+    queue = RedisQueue(store=store, url=url)
+    queue.enqueue(request_id)
+    assert _received(consumer) == [request_id]
+
+    # Its worker went silent: the monitor takes the claim back and sends the job again.
+    store.claim_request(request_id, REMOTE_OWNER + "gone/1/1", time.time() - 1)
+    assert queue.requeue_abandoned(3) == [request_id]
+    assert store.request(request_id).status == PENDING
+    assert _received(consumer) == [request_id]
+    assert queue.requeue_abandoned(3) == [] and _received(consumer) == []
+
+    # A shim starting on this store cannot know what the last one sent: it sends again.
+    assert RedisQueue(store=store, url=url).requeue_abandoned(3) == []
+    assert _received(consumer) == [request_id]
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -177,3 +203,22 @@ def _rows(home: Path) -> dict[str, sqlite3.Row]:
     with sqlite3.connect(home / "server" / "lipsync.db", timeout=30) as db:
         db.row_factory = sqlite3.Row
         return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
+
+
+def _stored_request(store, folder: Path) -> str:
+    """A PENDING request over two placeholder assets (nothing runs it here)."""
+    assets = []
+    for media_type in ("video", "audio"):
+        received = folder / f"{media_type}.bin"
+        received.write_bytes(media_type.encode())
+        assets.append(store.add_asset("k", media_type, received, media_type * 8, 1.0))
+    return store.create_request("k", "e1", 2, assets[0].id, assets[1].id, None).request_id
+
+
+def _received(consumer) -> list[str]:
+    """The request ids of the messages waiting in Redis now (taken and acknowledged)."""
+    ids = []
+    while (message := next(consumer)) is not None:
+        ids.append(message.args[0])
+        consumer.ack(message)
+    return ids
