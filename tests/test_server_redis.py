@@ -160,6 +160,27 @@ def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, r
     assert _received(consumer) == [request_id]
 
 
+def test_a_silent_workers_unacknowledged_message_goes_back_on_the_queue(redis_server):
+    from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, job_message, open_broker
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"
+    # Every call looks for silent workers, so the test need not wait for a lucky draw.
+    options = RedisOptions(url=url, heartbeat_timeout=1.0, maintenance_chance=1.0)
+    open_broker(options).enqueue(job_message("taken-then-dropped"))
+
+    # A worker takes the message and dies holding it: its broker never calls again.
+    dead = open_broker(options).consume(QUEUE_NAME, prefetch=1, timeout=200)
+    taken = _wait_until(lambda: next(dead), timeout=10)
+    assert taken.args == ("taken-then-dropped",)
+
+    alive = open_broker(options).consume(QUEUE_NAME, prefetch=1, timeout=200)
+    assert next(alive) is None, "not yet: the dead worker's heartbeat is still recent"
+    time.sleep(1.5)
+    again = _wait_until(lambda: next(alive), timeout=10)
+    assert again.args == ("taken-then-dropped",) and again.message_id == taken.message_id
+    alive.ack(again)
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("httpx", reason="the worker talks to the shim with httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
-from lipsync.errors import NoFaceFoundError  # noqa: E402
+from lipsync.errors import InvalidOptionError, NoFaceFoundError  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
 from lipsync.server.app import ServerSettings, create_app  # noqa: E402
 from lipsync.server.queues import REMOTE_OWNER, SqliteQueue, WorkerId  # noqa: E402
@@ -169,6 +169,37 @@ def test_a_remote_claim_is_judged_by_its_lease_not_its_pid(shim, job, tmp_path):
     assert local.requeue_abandoned(3) == [job]
     assert store.request(job).status == PENDING and store.request(job).owner is None
     assert not queue.renew(claim, 30), "the old owner has lost it"
+
+
+def test_a_worker_checks_its_token_before_taking_work(shim, tmp_path):
+    _, client = shim
+    _shim_queue(client, tmp=tmp_path / "good").ping()
+    wrong = _shim_queue(client, tmp=tmp_path / "bad")
+    wrong._http.headers["authorization"] = "Bearer not-the-token"
+    with pytest.raises(InvalidOptionError, match="LIPSYNC_WORKER_TOKEN"):
+        wrong.ping()
+
+
+def test_a_networked_queue_needs_a_worker_token(tmp_path):
+    settings = ServerSettings(queue="redis", queue_url="redis://127.0.0.1:1/0")
+    with pytest.raises(InvalidOptionError, match="worker token"):
+        create_app(tmp_path, keys=[KEY], settings=settings, worker_token="")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["worker", "--queue", "redis://127.0.0.1:1/0"],  # no LIPSYNC_WORKER_TOKEN
+        ["worker", "--queue", "amqp://127.0.0.1"],
+        ["serve", "--queue", "kafka://127.0.0.1"],
+    ],
+)
+def test_bad_queue_settings_exit_with_the_option_error_status(argv, monkeypatch, capsys):
+    from lipsync.cli import main
+
+    monkeypatch.delenv("LIPSYNC_WORKER_TOKEN", raising=False)
+    assert main(argv) == 2
+    assert "INVALID_REQUEST" in capsys.readouterr().err
 
 
 def _shim_queue(client: TestClient, tmp) -> ShimQueue:

@@ -4,6 +4,8 @@
 :class:`WebhookSender` into an app under ``/neuralgarage/saas/api/v1/clients``; ``serve``
 runs it with uvicorn. Clients send their key in ``x-api-key`` and see only their own assets
 and requests; a key with a quota is charged the video's duration, in whole seconds, per job.
+With a worker token the app also serves remote workers (:mod:`lipsync.server.workerapi`),
+outside the public API and its OpenAPI document.
 """
 
 from __future__ import annotations

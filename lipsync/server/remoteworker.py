@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InternalError, LipsyncError, MissingDependencyError
+from ..errors import InternalError, InvalidOptionError, LipsyncError, MissingDependencyError
 from .jobs import JobSettings, _Heartbeat, run_job
 from .queues import Claim, JobQueue, WorkerId
 from .redisqueue import ACTOR_NAME, QUEUE_NAME, RedisOptions, open_broker
@@ -87,6 +87,22 @@ class ShimQueue(JobQueue):
 
     def enqueue(self, request_id: str) -> None:
         raise InternalError("a worker does not queue jobs; the shim does")
+
+    def ping(self) -> None:
+        """Check that the shim answers and accepts the token, before any message is taken.
+
+        Raises:
+            InvalidOptionError: the shim refuses the token.
+            ShimUnreachableError: the shim did not answer.
+        """
+        response = self._call("GET", "/ping", self.retry_for)
+        if response.status_code in (401, 404):
+            # 404: a shim without a worker token has no worker endpoints at all.
+            raise InvalidOptionError(
+                f"the shim at {self.shim} refused the worker token ({response.status_code})",
+                hint="give the shim and every worker the same LIPSYNC_WORKER_TOKEN",
+            )
+        _check(response, "ping")
 
     def claim(self, worker: WorkerId, lease: float) -> Claim | None:
         return self.claim_request(None, worker, lease)
@@ -236,6 +252,8 @@ def run_worker(options: WorkerOptions, stop: threading.Event) -> None:
 
     Raises:
         MissingDependencyError: Dramatiq, redis-py or httpx is not installed.
+        InvalidOptionError: the shim refuses the worker token.
+        ShimUnreachableError: the shim did not answer for ``shim_retry`` seconds.
     """
     try:
         import dramatiq
@@ -249,6 +267,8 @@ def run_worker(options: WorkerOptions, stop: threading.Event) -> None:
 
     broker = open_broker(options.redis)
     shim = ShimQueue(options.shim, options.token, retry_for=options.shim_retry)
+    # A worker that cannot work for this shim must not take its messages.
+    shim.ping()
     _declare_actor(broker, shim, options.jobs)
 
     worker = dramatiq.Worker(broker, queues={QUEUE_NAME}, worker_threads=1)

@@ -1,4 +1,5 @@
-"""The shim's endpoints for remote job workers: claim, renew, progress, inputs, output, fail.
+"""The shim's endpoints for remote job workers: ping, claim, renew, progress, inputs, output,
+fail.
 
 A worker on another machine (:mod:`lipsync.server.remoteworker`) has no share of the shim's
 disk: it downloads a claimed job's video and audio from here and uploads the finished MP4
@@ -84,6 +85,10 @@ def worker_router(store: Store, token: str, max_output_bytes: int) -> APIRouter:
     router = APIRouter(
         prefix=WORKER_PATH, include_in_schema=False, dependencies=[Depends(authorized)]
     )
+
+    @router.get("/ping")
+    def ping() -> dict:
+        return {"status": "success"}  # a worker starting checks its address and token here
 
     @router.post("/claim")
     def claim(body: ClaimBody) -> dict:
