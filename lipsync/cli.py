@@ -253,6 +253,13 @@ def _parser() -> argparse.ArgumentParser:
         "on the queue (default 60)",
     )
     worker.add_argument(
+        "--stop-grace",
+        type=float,
+        default=600.0,
+        help="seconds a stopping worker (SIGTERM, Ctrl-C) lets its running job end; a job "
+        "cut short runs again elsewhere once its lease runs out (default 600)",
+    )
+    worker.add_argument(
         "--shim-retry",
         type=float,
         default=120.0,
@@ -686,7 +693,9 @@ def _run_worker(args: argparse.Namespace) -> int:
         shim=args.shim,
         token=token,
         redis=RedisOptions(url=url, heartbeat_timeout=args.heartbeat_timeout),
-        jobs=JobSettings(lease=args.lease, face_workers=args.face_workers),
+        jobs=JobSettings(
+            lease=args.lease, face_workers=args.face_workers, stop_grace=args.stop_grace
+        ),
         shim_retry=args.shim_retry,
     )
 

@@ -19,10 +19,9 @@ from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.errors import InvalidOptionError, NoFaceFoundError  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
 from lipsync.server.app import ServerSettings, create_app  # noqa: E402
-from lipsync.server.queues import REMOTE_OWNER, SqliteQueue, WorkerId  # noqa: E402
+from lipsync.server.queues import REMOTE_OWNER, WORKER_PATH, SqliteQueue, WorkerId  # noqa: E402
 from lipsync.server.remoteworker import ShimQueue  # noqa: E402
 from lipsync.server.store import FAILED, PENDING, RUNNING, SUCCESS, key_id  # noqa: E402
-from lipsync.server.workerapi import WORKER_PATH  # noqa: E402
 
 KEY = "key-workers"
 TOKEN = "secret-for-workers"

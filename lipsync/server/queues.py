@@ -137,6 +137,9 @@ QUEUES: dict[str, type[JobQueue]] = {}
 # Backends of this package that live in modules of their own, by name.
 _BUILT_IN = {"redis": ".redisqueue"}
 
+# Where the shim serves its remote workers (lipsync.server.workerapi), under its root URL.
+WORKER_PATH = "/lipsync/worker/v1"
+
 # Owners that claimed over HTTP (lipsync.server.workerapi) carry this prefix. Such a worker
 # may run in another pid namespace even when its host name is ours (a container sharing the
 # host's network), so its pid proves nothing: only its lease says whether it still lives.

@@ -178,6 +178,10 @@ class RedisQueue(SqliteQueue):
         self._send_unsent()
         return taken
 
+    # TODO(#6): a message that Dramatiq dead-letters (its worker kept failing to reach the
+    # shim for all its retries) leaves its request PENDING until the next shim start; the
+    # monitor could send again for requests left waiting unusually long.
+
     def _send_unsent(self) -> None:
         """Send the messages not yet sent; those Redis refuses wait for the next call."""
         with self._lock:

@@ -28,9 +28,8 @@ from typing import Any
 
 from ..errors import InternalError, InvalidOptionError, LipsyncError, MissingDependencyError
 from .jobs import JobSettings, _Heartbeat, run_job
-from .queues import Claim, JobQueue, WorkerId
+from .queues import WORKER_PATH, Claim, JobQueue, WorkerId
 from .redisqueue import ACTOR_NAME, QUEUE_NAME, RedisOptions, open_broker
-from .workerapi import WORKER_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -267,23 +266,26 @@ def run_worker(options: WorkerOptions, stop: threading.Event) -> None:
 
     broker = open_broker(options.redis)
     shim = ShimQueue(options.shim, options.token, retry_for=options.shim_retry)
-    # A worker that cannot work for this shim must not take its messages.
-    shim.ping()
-    _declare_actor(broker, shim, options.jobs)
-
-    worker = dramatiq.Worker(broker, queues={QUEUE_NAME}, worker_threads=1)
-    # One message in hand at a time: a second one prefetched behind the running job would
-    # sit in this worker's unacknowledged set, out of reach of idle workers.
-    worker.queue_prefetch = 1
-    worker.start()
-    logger.info(
-        "worker %s ready: jobs from %s for %s", WorkerId.current(), _safe(options), options.shim
-    )
     try:
-        stop.wait()
+        # A worker that cannot work for this shim must not take its messages.
+        shim.ping()
+        _declare_actor(broker, shim, options.jobs)
+        worker = dramatiq.Worker(broker, queues={QUEUE_NAME}, worker_threads=1)
+        # One message in hand at a time: a second one prefetched behind the running job would
+        # sit in this worker's unacknowledged set, out of reach of idle workers.
+        worker.queue_prefetch = 1
+        worker.start()
+        logger.info(
+            "worker %s ready: jobs from %s for %s", WorkerId.current(), _safe(options), options.shim
+        )
+
+        try:
+            stop.wait()
+        finally:
+            grace = options.jobs.stop_grace
+            logger.info("worker stopping; a running job gets %g s to end", grace)
+            worker.stop(timeout=int(grace * 1000))
     finally:
-        logger.info("worker stopping; a running job gets %g s to end", options.jobs.stop_grace)
-        worker.stop(timeout=int(options.jobs.stop_grace * 1000))
         shim.close()
         shutil.rmtree(shim.scratch, ignore_errors=True)
 

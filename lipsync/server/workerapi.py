@@ -31,12 +31,11 @@ from pydantic import BaseModel, Field
 
 from ..errors import LipsyncError
 from ..media import validate_video
-from .queues import REMOTE_OWNER, WorkerId
+from .queues import REMOTE_OWNER, WORKER_PATH, WorkerId
 from .store import Store, UploadTooLargeError
 
 logger = logging.getLogger(__name__)
 
-WORKER_PATH = "/lipsync/worker/v1"
 MAX_LEASE = 3600.0  # seconds; a worker renews long before, so a longer lease only hides a death
 
 
