@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         help="job queue: sqlite (embedded, the default) or redis://HOST[:PORT][/DB] for "
         "workers on other machines (needs LIPSYNC_WORKER_TOKEN and lipsync[queue])",
     )
-    _add_lease_option(serve)
+    _add_lease_option(serve, "local ")
     serve.add_argument(
         "--check-interval",
         type=float,
@@ -269,13 +269,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_lease_option(sub: argparse.ArgumentParser) -> None:
+def _add_lease_option(sub: argparse.ArgumentParser, whose: str = "") -> None:
     sub.add_argument(
         "--lease",
         type=float,
         default=60.0,
-        help="seconds a job's claim holds without renewal; a worker silent that long is "
-        "taken as dead and its job runs again (default 60)",
+        help=f"seconds a {whose}worker's claim holds without renewal; a worker silent that "
+        "long is taken as dead and its job runs again (default 60)",
     )
 
 

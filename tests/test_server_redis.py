@@ -64,8 +64,8 @@ def cluster(tmp_path, redis_server):
     home = tmp_path / "shim"
     home.mkdir()
     env = {"LIPSYNC_API_KEYS": KEY, "LIPSYNC_WORKER_TOKEN": TOKEN}
-    args = ("--queue", redis_server.url, "--lease", str(LEASE), "--check-interval", "0.5")
-    shim = ServerProcess(home, env, (*args, "--allow-private-urls"))
+    args = ("--queue", redis_server.url, "--check-interval", "0.5", "--allow-private-urls")
+    shim = ServerProcess(home, env, args)
     workers = [WorkerProcess(tmp_path / f"worker-{n}", env, ()) for n in "ab"]
     yield shim, workers
     for worker in workers:
