@@ -156,7 +156,14 @@ def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, r
     assert queue.requeue_abandoned(3) == [] and _received(consumer) == []
 
     # A shim starting on this store cannot know what the last one sent: it sends again.
-    assert RedisQueue(store=store, url=url).requeue_abandoned(3) == []
+    restarted = RedisQueue(store=store, url=url, resend_after=1.0)
+    assert restarted.requeue_abandoned(3) == []
+    assert _received(consumer) == [request_id]
+
+    # A message lost in Redis (a restart without persistence): sent again after a while.
+    assert restarted.requeue_abandoned(3) == [] and _received(consumer) == []
+    time.sleep(1.2)
+    assert restarted.requeue_abandoned(3) == []
     assert _received(consumer) == [request_id]
 
 

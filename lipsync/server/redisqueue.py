@@ -19,7 +19,9 @@ shim sends them freely whenever a message might have been lost:
   whose heartbeat has stopped back on the queue (``RedisOptions.heartbeat_timeout``);
 - a message that could not be sent (Redis unreachable) is sent again at the monitor's next
   look, and a shim that starts sends one for every request still waiting, since the shim
-  before it may have stopped between recording a request and sending its message.
+  before it may have stopped between recording a request and sending its message;
+- a request left waiting long after its last message (lost with a Redis restart, or
+  dead-lettered) is sent again (``resend_after``).
 
 Why Dramatiq, of Celery, RQ and Dramatiq:
 
@@ -41,14 +43,16 @@ Why Dramatiq, of Celery, RQ and Dramatiq:
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError, MissingDependencyError
 from .queues import SqliteQueue, register_queue
-from .store import PENDING, Store
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,9 @@ class RedisQueue(SqliteQueue):
     workers claim what the messages name, over HTTP.
     """
 
+    # TODO(#6): a job a local worker ran still has its message in Redis, dropped only when a
+    # remote worker takes it; a shim with local workers and none elsewhere lets them pile up.
+
     name = "redis"
 
     def __init__(
@@ -141,21 +148,27 @@ class RedisQueue(SqliteQueue):
         store: Store | None = None,
         url: str | None = None,
         heartbeat_timeout: float = RedisOptions.heartbeat_timeout,
+        resend_after: float = 900.0,
     ) -> None:
+        """``resend_after``: seconds a request may wait after its last message before the
+        monitor sends another (the first may have been lost with a Redis restart, or
+        dead-lettered after its worker failed to reach the shim for all its retries)."""
         super().__init__(home, store=store)
         if url is None:
             raise InvalidOptionError("the redis job queue needs an address (redis://host:port)")
         self.options = RedisOptions(url=check_url(url), heartbeat_timeout=heartbeat_timeout)
+        self.resend_after = resend_after
         self.broker = open_broker(self.options)
         self._lock = threading.Lock()
         self._unsent: dict[str, None] = {}  # ids whose message has yet to go out, in order
-        self._started = False
+        self._sent: dict[str, float] = {}  # id of a waiting request -> monotonic time of its send
 
     def reopen_args(self) -> dict[str, Any]:
         return {
             "home": str(self.home),
             "url": self.options.url,
             "heartbeat_timeout": self.options.heartbeat_timeout,
+            "resend_after": self.resend_after,
         }
 
     def enqueue(self, request_id: str) -> None:
@@ -164,23 +177,21 @@ class RedisQueue(SqliteQueue):
         self._send_unsent()
 
     def requeue_abandoned(self, max_attempts: int) -> list[str]:
-        if not self._started:
-            # The shim before this one may have stopped between recording a request and
-            # sending its message: send one for every request still waiting.
-            self._started = True
-            with self._lock:
-                self._unsent.update(dict.fromkeys(self.store.pending()))
-
         taken = super().requeue_abandoned(max_attempts)
-        again = [i for i in taken if self.store.request(i).status == PENDING]
+
+        # Waiting requests this shim has sent nothing for lately get a message: at the first
+        # look, all of them (the shim before may have stopped between recording a request
+        # and sending it); later, those taken back just now and those waiting too long.
+        now = time.monotonic()
+        waiting = self.store.pending()
         with self._lock:
-            self._unsent.update(dict.fromkeys(again))
+            for request_id in taken:
+                self._sent.pop(request_id, None)  # its last message was used up by the claim
+            self._sent = {i: self._sent[i] for i in waiting if i in self._sent}
+            due = [i for i in waiting if now - self._sent.get(i, -math.inf) > self.resend_after]
+            self._unsent.update(dict.fromkeys(due))
         self._send_unsent()
         return taken
-
-    # TODO(#6): a message that Dramatiq dead-letters (its worker kept failing to reach the
-    # shim for all its retries) leaves its request PENDING until the next shim start; the
-    # monitor could send again for requests left waiting unusually long.
 
     def _send_unsent(self) -> None:
         """Send the messages not yet sent; those Redis refuses wait for the next call."""
@@ -194,4 +205,5 @@ class RedisQueue(SqliteQueue):
                 return
             with self._lock:
                 self._unsent.pop(request_id, None)
+                self._sent[request_id] = time.monotonic()
             logger.debug("request %s: sent to Redis", request_id)
