@@ -167,6 +167,27 @@ def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, r
     assert _received(consumer) == [request_id]
 
 
+def test_a_job_sent_while_redis_is_down_goes_out_when_it_is_back(tmp_path, redis_server):
+    from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, RedisQueue, open_broker
+    from lipsync.server.store import Store
+
+    # redis_server only skips this where redis-server is missing; the test starts its own.
+    down = RedisServer(tmp_path)  # not started yet
+    store = Store(tmp_path)
+    request_id = _stored_request(store, tmp_path)
+    queue = RedisQueue(store=store, url=down.url)
+    queue.enqueue(request_id)  # refused: logged and kept, the submission itself succeeds
+
+    down.start()
+    try:
+        consumer = open_broker(RedisOptions(url=down.url)).consume(QUEUE_NAME, timeout=200)
+        assert _received(consumer) == []
+        assert queue.requeue_abandoned(3) == []
+        assert _received(consumer) == [request_id], "sent once, at the monitor's next look"
+    finally:
+        down.stop()
+
+
 def test_a_silent_workers_unacknowledged_message_goes_back_on_the_queue(redis_server):
     from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, job_message, open_broker
 
