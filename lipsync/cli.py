@@ -1,4 +1,5 @@
-"""The command line: ``python -m lipsync dub | batch | inspect | eval | demo | models | serve``.
+"""The command line: ``python -m lipsync dub | batch | inspect | eval | demo | models | serve |
+worker``.
 
 All printing and exit codes live here; the library only returns results and raises.
 """
@@ -199,7 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--workers", type=int, default=1, help="job processes (jobs run at the same time)"
+        "--workers",
+        type=int,
+        help="local job processes (jobs run at the same time); default 1, or 0 with --queue "
+        "redis://, whose workers run elsewhere",
     )
     serve.add_argument(
         "--keys-file", type=Path, help="TOML file of keys and quotas (or LIPSYNC_API_KEYS_FILE)"
@@ -211,8 +215,68 @@ def _parser() -> argparse.ArgumentParser:
         help="let URL assets and webhooks reach loopback/private/link-local addresses "
         "(or LIPSYNC_ALLOW_PRIVATE_URLS=1)",
     )
+    serve.add_argument(
+        "--queue",
+        default="sqlite",
+        help="job queue: sqlite (embedded, the default) or redis://HOST[:PORT][/DB] for "
+        "workers on other machines (needs LIPSYNC_WORKER_TOKEN and lipsync[queue])",
+    )
+    _add_lease_option(serve, "local ")
+    serve.add_argument(
+        "--check-interval",
+        type=float,
+        default=2.0,
+        help="seconds between looks for abandoned jobs (default 2)",
+    )
     serve.set_defaults(run=_run_serve)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run jobs for a shim from its Redis queue, on any machine (LIPSYNC_WORKER_TOKEN; "
+        "needs lipsync[queue])",
+    )
+    worker.add_argument("--queue", required=True, help="redis://HOST[:PORT][/DB] of the shim")
+    worker.add_argument(
+        "--shim",
+        default="http://127.0.0.1:8000",
+        help="the shim's root URL, where inputs come from and results go (default %(default)s)",
+    )
+    _add_lease_option(worker)
+    worker.add_argument(
+        "--face-workers", type=int, help="face-analysis processes per job (default: all cores)"
+    )
+    worker.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a silent worker's Redis messages stay unacknowledged before going back "
+        "on the queue (default 60)",
+    )
+    worker.add_argument(
+        "--stop-grace",
+        type=float,
+        default=600.0,
+        help="seconds a stopping worker (SIGTERM, Ctrl-C) lets its running job end; a job "
+        "cut short runs again elsewhere once its lease runs out (default 600)",
+    )
+    worker.add_argument(
+        "--shim-retry",
+        type=float,
+        default=120.0,
+        help="seconds to keep retrying a shim that does not answer (default 120)",
+    )
+    worker.set_defaults(run=_run_worker)
     return parser
+
+
+def _add_lease_option(sub: argparse.ArgumentParser, whose: str = "") -> None:
+    sub.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        help=f"seconds a {whose}worker's claim holds without renewal; a worker silent that "
+        "long is taken as dead and its job runs again (default 60)",
+    )
 
 
 def _add_dub_options(sub: argparse.ArgumentParser) -> None:
@@ -586,11 +650,70 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"the REST shim needs FastAPI and uvicorn ({exc.name} is missing)",
             hint="pip install 'lipsync[server]'",
         ) from exc
+    from .server.jobs import JobSettings
+
+    backend, url = _queue_arg(args.queue)
+    workers = args.workers if args.workers is not None else (1 if backend == "sqlite" else 0)
     serve(
         args.host,
         args.port,
-        args.workers,
+        workers,
         keys_file=args.keys_file,
         allow_private_urls=args.allow_private_urls,
+        queue=backend,
+        queue_url=url,
+        jobs=JobSettings(lease=args.lease, check_interval=args.check_interval),
     )
     return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .errors import MissingDependencyError
+
+    try:
+        from .server.jobs import JobSettings
+        from .server.redisqueue import RedisOptions
+        from .server.remoteworker import WorkerOptions, run_worker
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the worker needs the queue extra ({exc.name} is missing)",
+            hint="pip install 'lipsync[queue]'",
+        ) from exc
+
+    backend, url = _queue_arg(args.queue)
+    token = os.environ.get("LIPSYNC_WORKER_TOKEN", "")
+    if backend != "redis" or url is None:
+        raise InvalidOptionError(f"a worker needs --queue redis://HOST, got {args.queue!r}")
+    if not token:
+        raise InvalidOptionError(
+            "no worker token", hint="set LIPSYNC_WORKER_TOKEN to the shim's worker secret"
+        )
+    options = WorkerOptions(
+        shim=args.shim,
+        token=token,
+        redis=RedisOptions(url=url, heartbeat_timeout=args.heartbeat_timeout),
+        jobs=JobSettings(
+            lease=args.lease, face_workers=args.face_workers, stop_grace=args.stop_grace
+        ),
+        shim_retry=args.shim_retry,
+    )
+
+    # Both signals end the worker the same way: the job in hand gets its grace, then exit.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_worker(options, stop)
+    return 0
+
+
+def _queue_arg(text: str) -> tuple[str, str | None]:
+    """``--queue``: a backend name, or a server address whose scheme names the backend."""
+    scheme, sep, _ = text.partition("://")
+    if not sep:
+        return text, None
+    if scheme in ("redis", "rediss"):
+        return "redis", text
+    raise InvalidOptionError(f"unknown job queue address {text!r}", hint="use redis://HOST:PORT")

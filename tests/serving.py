@@ -1,10 +1,12 @@
 """The shim as a separate process (``python -m lipsync serve``) for the tests that kill,
-restart or fuzz it, and a loopback receiver for its webhooks."""
+restart or fuzz it, remote workers and a Redis server beside it, and a loopback receiver
+for its webhooks."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -38,9 +40,13 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{BASE_PATH}"
 
-    def start(self) -> ServerProcess:
-        """Start the server and wait until it answers."""
-        self.port = _free_port()
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int | None = None) -> ServerProcess:
+        """Start the server (on ``port``, default a free one) and wait until it answers."""
+        self.port = port or _free_port()
         self.starts += 1
         log = open(self.home / f"server-{self.starts}.log", "wb")  # noqa: SIM115
         command = [sys.executable, "-m", "lipsync", "serve", "--port", str(self.port)]
@@ -99,6 +105,103 @@ class ServerProcess:
 
     def log(self) -> str:
         return (self.home / f"server-{self.starts}.log").read_text(errors="replace")[-4000:]
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        log = open(self.folder / "redis.log", "wb")  # noqa: SIM115
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, (self.folder / "redis.log").read_text()
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return self
+            time.sleep(0.1)
+        raise AssertionError("redis-server did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class WorkerProcess:
+    """One ``python -m lipsync worker`` process, in a session of its own (for a clean kill)."""
+
+    def __init__(self, folder: Path, env: dict[str, str], args: tuple[str, ...]) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # Its own home: nothing of the shim's store is within reach of the worker.
+        self.env = {**os.environ, "LIPSYNC_HOME": str(folder / "home"), **env}
+        self.args = args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def launch(self) -> WorkerProcess:
+        log = open(self.folder / "worker.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lipsync", "-v", "worker", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while " ready: jobs from " not in self.log():
+            assert self.process.poll() is None, f"the worker exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"the worker did not start:\n{self.log()}"
+            time.sleep(0.2)
+        return self
+
+    def done(self) -> list[str]:
+        """Request ids this worker has finished, in order, from its log."""
+        return re.findall(r"request ([0-9a-f]{32}) done:", self.log())
+
+    def kill(self) -> None:
+        """SIGKILL the worker and the face processes it started, as a power cut would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        path = self.folder / "worker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 class Receiver:

@@ -4,6 +4,8 @@
 :class:`WebhookSender` into an app under ``/neuralgarage/saas/api/v1/clients``; ``serve``
 runs it with uvicorn. Clients send their key in ``x-api-key`` and see only their own assets
 and requests; a key with a quota is charged the video's duration, in whole seconds, per job.
+With a worker token the app also serves remote workers (:mod:`lipsync.server.workerapi`),
+outside the public API and its OpenAPI document.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .remote import check_http_url, check_public_host, fetch_into
 from .shapes import STATUS_WORDS, VISUALDUB_BODY, job_error, status_data
 from .store import FAILED, SUCCESS, Asset, Store, UploadTooLargeError, key_id
 from .webhooks import WebhookSender, WebhookSettings, load_secret, parse_webhook
+from .workerapi import worker_router
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class ServerSettings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)  # attempts, backoff
     allow_private_urls: bool = False  # let URL assets and webhooks reach non-public addresses
     queue: str = "sqlite"  # job-queue backend, by name (lipsync.server.queues.QUEUES)
+    queue_url: str | None = None  # the backend's server, for a networked one (redis://host)
+    max_output_bytes: int = 8 << 30  # one output a remote worker uploads; larger ones are refused
 
 
 class ApiError(Exception):
@@ -90,6 +95,7 @@ def create_app(
     workers: int = 1,
     settings: ServerSettings | None = None,
     webhook_secret: str | None = None,
+    worker_token: str | None = None,
 ) -> FastAPI:
     """The shim as an ASGI app; its worker processes start and stop with the app's lifespan.
 
@@ -102,10 +108,14 @@ def create_app(
         webhook_secret: the key webhooks are signed with; default ``LIPSYNC_WEBHOOK_SECRET``,
             else a random one kept in ``<home>/server/webhook.secret``
             (see :mod:`lipsync.server.webhooks`).
+        worker_token: the secret remote workers send to the worker endpoints
+            (:mod:`lipsync.server.workerapi`); default ``LIPSYNC_WORKER_TOKEN``. Without one
+            those endpoints do not exist.
 
     Raises:
-        InvalidOptionError: no API key is configured, ``workers`` is below 1, or the queue
-            backend is unknown.
+        InvalidOptionError: no API key is configured, ``workers`` is below 1 with the
+            embedded queue (or negative), the queue backend is unknown, or a networked
+            queue has no worker token.
     """
     accepted = normalize(keys) if keys is not None else configured_keys()
     if not accepted:
@@ -113,12 +123,25 @@ def create_app(
             "no API key configured",
             hint="set LIPSYNC_API_KEYS=key1,key2 or LIPSYNC_API_KEYS_FILE, or pass keys=",
         )
-    if workers < 1:
-        raise InvalidOptionError(f"workers must be at least 1, got {workers}")
     settings = settings or ServerSettings()
+    # With the embedded queue, local processes are the only workers; with a networked one
+    # the workers may all be elsewhere.
+    least = 1 if settings.queue == "sqlite" else 0
+    if workers < least:
+        raise InvalidOptionError(f"workers must be at least {least}, got {workers}")
+    token = worker_token if worker_token is not None else os.environ.get("LIPSYNC_WORKER_TOKEN")
+    if settings.queue != "sqlite" and not token:
+        raise InvalidOptionError(
+            f"the {settings.queue} job queue needs a worker token for its remote workers",
+            hint="set LIPSYNC_WORKER_TOKEN to a long random secret, here and on each worker",
+        )
+
     store = Store(home or default_home())
     quotas = {key_id(k.key): k.quota_seconds for k in accepted}
-    queue = open_queue(settings.queue, home=str(store.root.parent))
+    backend: dict[str, Any] = {"home": str(store.root.parent)}
+    if settings.queue_url is not None:
+        backend["url"] = settings.queue_url
+    queue = open_queue(settings.queue, **backend)
     pool = WorkerProcesses(queue, workers, settings.jobs)
     secret = load_secret(store.root, webhook_secret)
     sender = WebhookSender(store, secret, settings.webhooks, settings.allow_private_urls)
@@ -139,6 +162,8 @@ def create_app(
     app.state.pool = pool
     app.state.webhooks = sender
     _install_error_handlers(app)
+    if token:
+        app.include_router(worker_router(store, token, settings.max_output_bytes))
 
     def client(x_api_key: str | None = Header(default=None)) -> str:
         if x_api_key and any(hmac.compare_digest(x_api_key, k.key) for k in accepted):
@@ -162,7 +187,7 @@ def create_app(
             seconds=seconds,
             quota=quota,
         )
-        queue.enqueue(created.request_id)
+        await run_in_threadpool(queue.enqueue, created.request_id)
         pool.notify()
 
         credits: dict[str, Any] = {"credits_deducted": 0 if quota is None else int(seconds)}
@@ -253,16 +278,25 @@ def serve(
     *,
     keys_file: Path | None = None,
     allow_private_urls: bool = False,
+    queue: str = "sqlite",
+    queue_url: str | None = None,
+    jobs: JobSettings | None = None,
 ) -> None:
     """Run the shim with uvicorn until interrupted.
 
     Keys come from ``keys_file`` and the environment (:func:`~lipsync.server.keys.
     configured_keys`); ``allow_private_urls`` lets URL assets and webhooks reach loopback,
-    private and link-local addresses.
+    private and link-local addresses; ``queue`` and ``queue_url`` choose the job-queue
+    backend (``"redis"``, ``"redis://host:6379"``) and ``jobs`` how its jobs are watched.
     """
     import uvicorn
 
-    settings = ServerSettings(allow_private_urls=allow_private_urls)
+    settings = ServerSettings(
+        allow_private_urls=allow_private_urls,
+        queue=queue,
+        queue_url=queue_url,
+        jobs=jobs or JobSettings(),
+    )
     app = create_app(keys=configured_keys(keys_file), workers=workers, settings=settings)
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -122,6 +122,9 @@ def run_job(queue: JobQueue, claim: Claim, settings: JobSettings) -> None:
 class WorkerProcesses:
     """``count`` worker processes beside the API server, restarted if one dies, until :meth:`stop`.
 
+    With ``count`` 0 (workers on other machines) only the monitor runs: it still takes back
+    the claims of workers that are gone.
+
     Each worker runs in a process group of its own, with the face-analysis processes it
     starts: a Ctrl-C at the server's terminal reaches the server only, and :meth:`stop` ends
     each group as a whole. A worker whose server has gone (killed) finishes the job it holds
@@ -131,12 +134,13 @@ class WorkerProcesses:
     def __init__(
         self, queue: JobQueue, count: int = 1, settings: JobSettings | None = None
     ) -> None:
-        if count < 1:
-            raise ValueError(f"need at least one worker, got {count}")
+        if count < 0:
+            raise ValueError(f"the worker count cannot be negative, got {count}")
         settings = settings or JobSettings()
         if settings.face_workers is None:
             # Share the cores between the jobs rather than start cores x jobs processes.
-            settings = replace(settings, face_workers=max(1, (os.cpu_count() or 1) // count))
+            shares = max(count, 1)
+            settings = replace(settings, face_workers=max(1, (os.cpu_count() or 1) // shares))
         self.queue = queue
         self.count = count
         self.settings = settings

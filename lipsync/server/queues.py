@@ -8,12 +8,15 @@ a lease that ran out) is taken back and queued again, so nothing accepted is los
 write a worker makes lands only while it still holds the claim, so no job completes twice.
 
 ``sqlite`` is the embedded backend: the store's ``requests`` table is the queue and the
-workers are local processes. Another backend subclasses :class:`JobQueue`, registers with
-:func:`register_queue`, and is chosen by name (``ServerSettings.queue``).
+workers are local processes. ``redis`` (:mod:`lipsync.server.redisqueue`) keeps that table as
+the truth and carries job ids to workers on other machines through Redis. Another backend
+subclasses :class:`JobQueue`, registers with :func:`register_queue`, and is chosen by name
+(``ServerSettings.queue``).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
@@ -131,6 +134,17 @@ class JobQueue(ABC):
 
 QUEUES: dict[str, type[JobQueue]] = {}
 
+# Backends of this package that live in modules of their own, by name.
+_BUILT_IN = {"redis": ".redisqueue"}
+
+# Where the shim serves its remote workers (lipsync.server.workerapi), under its root URL.
+WORKER_PATH = "/lipsync/worker/v1"
+
+# Owners that claimed over HTTP (lipsync.server.workerapi) carry this prefix. Such a worker
+# may run in another pid namespace even when its host name is ours (a container sharing the
+# host's network), so its pid proves nothing: only its lease says whether it still lives.
+REMOTE_OWNER = "remote:"
+
 
 def register_queue(cls: type[JobQueue]) -> type[JobQueue]:
     """Class decorator: make a backend available to :func:`open_queue` under ``cls.name``."""
@@ -144,6 +158,9 @@ def open_queue(name: str, **options: Any) -> JobQueue:
     Raises:
         InvalidOptionError: no backend of that name is registered.
     """
+    if name not in QUEUES and name in _BUILT_IN:
+        # Imported on first use: a backend's client library is an optional extra.
+        importlib.import_module(_BUILT_IN[name], __package__)
     if name not in QUEUES:
         raise InvalidOptionError(f"unknown job queue {name!r}; known: {sorted(QUEUES)}")
     return QUEUES[name](**options)
@@ -217,6 +234,9 @@ class SqliteQueue(JobQueue):
 
 def _abandoned(job: Request) -> bool:
     """A running job's owner is gone: its local process ended, or a remote owner's lease ran out."""
+    if job.owner and job.owner.startswith(REMOTE_OWNER):
+        return job.lease_until is None or job.lease_until < time.time()
+
     owner = WorkerId.parse(job.owner)
     if owner is None:
         return True

@@ -364,6 +364,38 @@ class Store:
             ).fetchone()
         return None if row is None else self._by_id(row["request_id"])
 
+    def claim_request(self, request_id: str, owner: str, lease_until: float) -> Request | None:
+        """Claim one named request for ``owner`` if it is PENDING; None if it is not.
+
+        For a queue that hands out request ids (a Redis message names its job): a second
+        message for the same job finds it claimed, or done, and is dropped.
+        """
+        with self._connect() as db:
+            row = db.execute(
+                "UPDATE requests SET status = ?, progress = 0, phase = NULL, owner = ?, "
+                "lease_until = ?, attempts = attempts + 1 WHERE request_id = ? AND status = ? "
+                "RETURNING request_id",
+                (RUNNING, owner, lease_until, request_id, PENDING),
+            ).fetchone()
+        return None if row is None else self._by_id(row["request_id"])
+
+    def held(self, request_id: str, owner: str) -> Request | None:
+        """The request if ``owner`` holds its claim now; None otherwise."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM requests WHERE request_id = ? AND status = ? AND owner = ?",
+                (request_id, RUNNING, owner),
+            ).fetchone()
+        return None if row is None else _request(row)
+
+    def pending(self) -> list[str]:
+        """The ids of the requests waiting for a worker, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT request_id FROM requests WHERE status = ? ORDER BY seq", (PENDING,)
+            ).fetchall()
+        return [row["request_id"] for row in rows]
+
     def running(self) -> list[Request]:
         """The requests claimed by a worker now (or by one that died holding them)."""
         with self._connect() as db:
