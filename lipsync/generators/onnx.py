@@ -21,6 +21,7 @@ from ..cache import cache_dir
 from ..errors import InternalError, MissingDependencyError
 from ..kernels import blend_masked
 from ..models import ModelContract, ModelStatus
+from ..ortrun import run_session
 from .base import FaceFrame, Generator, SourceVideo
 from .e1 import lower_face_alpha
 
@@ -88,7 +89,7 @@ class OnnxGenerator(Generator):
 
         feeds = {c.mel_input: np.ascontiguousarray(mel), c.video_input: np.ascontiguousarray(video)}
         try:
-            (out,) = self._session.run([c.output], feeds)
+            (out,) = run_session(self._session, [c.output], feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InternalError(f"model {self.name!r} failed: {exc}") from exc
 
@@ -178,6 +179,7 @@ def _open_session(status: ModelStatus):
             engines.mkdir(parents=True, exist_ok=True)
             options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines)}
             options["trt_fp16_enable"] = True
+            # TODO(#4): fp16 on the CUDA provider too (a half-precision copy of the model).
             providers.append((name, options))
         else:
             providers.append(name)

@@ -24,6 +24,7 @@ import numpy as np
 from ..cache import file_digest
 from ..errors import DataCorruptedError, MissingDependencyError, ModelNotInstalledError
 from ..models import models_home
+from ..ortrun import run_session
 from . import graph
 
 logger = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class FaceModels:
 
     def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
         session = self.sessions[name]
-        return session.run(None, {session.get_inputs()[0].name: batch})
+        return run_session(session, None, {session.get_inputs()[0].name: batch})
 
 
 def _onnxruntime():
