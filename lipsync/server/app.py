@@ -177,7 +177,8 @@ def create_app(
         # Whole seconds of the video, recorded for every job, checked against a quota if any.
         seconds = float(math.ceil(await run_in_threadpool(_duration, store, job["video"])))
         quota = quotas.get(key)
-        created = store.create_request(
+        created = await run_in_threadpool(
+            store.create_request,
             key,
             job["model"],
             job["intensity"],
@@ -192,7 +193,8 @@ def create_app(
 
         credits: dict[str, Any] = {"credits_deducted": 0 if quota is None else int(seconds)}
         if quota is not None:
-            credits["credits_remaining"] = int(max(quota - store.used_seconds(key), 0))
+            used = await run_in_threadpool(store.used_seconds, key)
+            credits["credits_remaining"] = int(max(quota - used, 0))
         data = {
             "request_id": created.request_id,
             "assets": [
@@ -356,7 +358,7 @@ async def _asset_for(
         raise ApiError(400, "invalid_request", f"No {media_type} given (file, asset id or url)")
 
     number = _asset_number(asset_id, media_type)
-    asset = None if number > _MAX_ID else store.get_asset(key, number)
+    asset = None if number > _MAX_ID else await run_in_threadpool(store.get_asset, key, number)
     if asset is None or asset.media_type != media_type:
         raise ApiError(404, "not_found", f"Asset not found: {media_type} asset {number}")
     return asset

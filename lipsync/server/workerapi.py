@@ -81,6 +81,14 @@ def worker_router(store: Store, token: str, max_output_bytes: int) -> APIRouter:
             raise lost(request_id, owner)
         return job
 
+    def keep_output(received: Path, request_id: str, attempt: int, owner: str) -> None:
+        # Each attempt has a name of its own: a rename never replaces another's output.
+        target = store.output_dir / f"{request_id}-{attempt}.mp4"
+        os.replace(received, target)
+        if not store.finish(request_id, target, owner=owner):
+            target.unlink(missing_ok=True)
+            raise lost(request_id, owner)
+
     router = APIRouter(
         prefix=WORKER_PATH, include_in_schema=False, dependencies=[Depends(authorized)]
     )
@@ -140,7 +148,8 @@ def worker_router(store: Store, token: str, max_output_bytes: int) -> APIRouter:
 
     @router.put("/jobs/{request_id}/output")
     async def output(request: Request, request_id: str, owner: str = Query(max_length=320)):
-        job = held(request_id, owner)
+        # The store and the file moves block: they run in worker threads, off the event loop.
+        job = await run_in_threadpool(held, request_id, owner)
         received = await _receive(request, store.upload_dir, max_output_bytes)
         try:
             await run_in_threadpool(validate_video, received)
@@ -148,12 +157,7 @@ def worker_router(store: Store, token: str, max_output_bytes: int) -> APIRouter:
             received.unlink(missing_ok=True)
             raise
 
-        # Each attempt has a name of its own: a rename never replaces another's output.
-        target = store.output_dir / f"{request_id}-{job.attempts}.mp4"
-        os.replace(received, target)
-        if not store.finish(request_id, target, owner=owner):
-            target.unlink(missing_ok=True)
-            raise lost(request_id, owner)
+        await run_in_threadpool(keep_output, received, request_id, job.attempts, owner)
         logger.info("request %s: output received from %s", request_id, owner)
         return {"status": "success"}
 
