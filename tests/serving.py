@@ -205,21 +205,21 @@ class WorkerProcess:
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1: records POSTs, answers scripted statuses."""
+    """An HTTP server on 127.0.0.1: records requests, answers POSTs with scripted statuses and
+    GETs with the files it is given (404 for any other)."""
 
     def __init__(self) -> None:
-        self.calls: list[dict] = []  # each request: path, headers, and a POST's body
+        self.calls: list[dict] = []  # each request: path, query, headers, time, a POST's body
         self.script: dict[str, list[int]] = {}  # path -> statuses to answer, in order
+        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                path = urllib.parse.urlsplit(self.path).path
+                path = receiver.record(self.path, self.headers, body=body)
                 with receiver.lock:
-                    call = {"path": path, "headers": dict(self.headers), "body": body}
-                    receiver.calls.append(call)
                     statuses = receiver.script.get(path, [])
                     code = statuses.pop(0) if statuses else 200
                 self.send_response(code)
@@ -227,16 +227,37 @@ class Receiver:
                 self.end_headers()
 
             def do_GET(self):
-                with receiver.lock:
-                    receiver.calls.append({"path": self.path, "headers": dict(self.headers)})
-                self.send_error(404)
+                found = receiver.files.get(receiver.record(self.path, self.headers))
+                if found is None:
+                    self.send_error(404)
+                    return
+                data, content_type = found
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def record(self, target: str, headers, **extra) -> str:
+        """Note one request; its path."""
+        parts = urllib.parse.urlsplit(target)
+        call = {
+            "path": parts.path,
+            "query": dict(urllib.parse.parse_qsl(parts.query)),
+            "headers": dict(headers),
+            "time": time.monotonic(),
+            **extra,
+        }
+        with self.lock:
+            self.calls.append(call)
+        return parts.path
 
     def posts(self, path: str) -> list[dict]:
         with self.lock:
@@ -254,6 +275,11 @@ class Receiver:
         self.httpd.server_close()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the shim hangs up on an oversized file on purpose; no traceback for that
+
+
 def wait_for(client: httpx.Client, request_id: str, done, timeout: float) -> dict:
     """Poll get_status until ``done(data)``; the last status data."""
     deadline = time.monotonic() + timeout
@@ -267,9 +293,29 @@ def wait_for(client: httpx.Client, request_id: str, done, timeout: float) -> dic
     raise AssertionError(f"request {request_id}: not reached in {timeout} s (last: {data})")
 
 
+def ended(data: dict) -> bool:
+    """Whether a request's status data is final (the usual ``done`` of :func:`wait_for`)."""
+    return data["status_code"] in ("success", "failed")
+
+
+def upload(client: httpx.Client, video: Path, audio: Path, **fields) -> httpx.Response:
+    """POST /visualdub with two files, as an e1 job with ``fields`` (webhook, options...)."""
+    with open(video, "rb") as v, open(audio, "rb") as a:
+        files = {"video": (video.name, v, "video/mp4"), "audio": (audio.name, a, "audio/wav")}
+        return client.post("/visualdub", data={"model": "e1", **fields}, files=files)
+
+
+def submit(client: httpx.Client, inputs, **fields) -> str:
+    """Upload demo inputs (``.video``, ``.audio``) as a job that must be accepted; its id."""
+    response = upload(client, inputs.video, inputs.audio, **fields)
+    assert response.status_code == 201, response.text
+    return response.json()["data"]["request_id"]
+
+
 def request_rows(home: Path) -> dict[str, sqlite3.Row]:
     """The store's requests table, read directly: request id to row (status, owner, attempts)."""
-    with sqlite3.connect(home / "server" / "lipsync.db") as db:
+    # The server writes meanwhile: wait for its lock as long as the store itself does.
+    with sqlite3.connect(home / "server" / "lipsync.db", timeout=30) as db:
         db.row_factory = sqlite3.Row
         return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
 

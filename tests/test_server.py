@@ -15,6 +15,7 @@ pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvi
 httpx = pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
 import uvicorn  # noqa: E402
+from serving import upload  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.server.app import BASE_PATH, ServerSettings, create_app  # noqa: E402
@@ -67,12 +68,6 @@ def _client(url: str, key: str | None = KEY_A) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=60)
 
 
-def _upload(client: httpx.Client, video: Path, audio: Path, **fields) -> httpx.Response:
-    with open(video, "rb") as v, open(audio, "rb") as a:
-        files = {"video": (video.name, v, "video/mp4"), "audio": (audio.name, a, "audio/wav")}
-        return client.post("/visualdub", data={"model": "e1", **fields}, files=files)
-
-
 def _wait(client: httpx.Client, request_id: str) -> dict:
     """Poll get_status until the job ends; returns the last status data (phases seen too)."""
     phases = set()
@@ -101,7 +96,7 @@ def _assert_failed(response: httpx.Response, http_status: int) -> dict:
 def uploaded_job(server, demo):
     """A job submitted by multipart upload, run to the end: (response body, final status)."""
     with _client(server) as client:
-        response = _upload(client, demo.video, demo.audio, options='{"intensity": 3}')
+        response = upload(client, demo.video, demo.audio, options='{"intensity": 3}')
         assert response.status_code == 201, response.text
         body = response.json()
         return body, _wait(client, body["data"]["request_id"])
@@ -223,7 +218,7 @@ def test_list_and_get_assets(server, uploaded_job):
 def test_list_requests_pages(server, uploaded_job, tmp_path):
     with _client(server, KEY_B) as client:
         # Key B's own three requests (reusing no asset of key A): upload once, then by id.
-        first = _upload(client, *_small_inputs(tmp_path))
+        first = upload(client, *_small_inputs(tmp_path))
         assert first.status_code == 201, first.text
         ids = {a["type"]: a["asset_id"] for a in first.json()["data"]["assets"]}
         made = [first.json()["data"]["request_id"]]
@@ -301,7 +296,7 @@ def test_text_uploaded_as_mp3_is_invalid_format(server, demo, uploaded_job, tmp_
     fake.write_text("this is not audio, only words\n" * 20)
     with _client(server) as client:
         before = client.get("/list_assets").json()["data"]
-        body = _assert_failed(_upload(client, demo.video, fake), 400)
+        body = _assert_failed(upload(client, demo.video, fake), 400)
         after = client.get("/list_assets").json()["data"]
     assert body["data"]["error_code"] == "ERR_008"
     assert body["data"]["error_name"] == "INVALID_FORMAT"
@@ -314,7 +309,7 @@ def test_upload_over_the_size_limit_is_refused(server, demo, tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"RIFF\0\0\0\0WAVE" + bytes(6 << 20))
     with _client(server) as client:
-        body = _assert_failed(_upload(client, demo.video, big), 413)
+        body = _assert_failed(upload(client, demo.video, big), 413)
     assert body["data"]["error_code"] == "ERR_009"
     assert "5242880 bytes" in body["message"]
 
@@ -340,7 +335,7 @@ def test_faceless_video_fails_with_no_face_found(server, demo, tmp_path):
     video = tmp_path / "wall.mp4"
     gray_video(video)
     with _client(server) as client:
-        response = _upload(client, video, demo.audio)
+        response = upload(client, video, demo.audio)
         assert response.status_code == 201, response.text
         request_id = response.json()["data"]["request_id"]
         status = _wait(client, request_id)

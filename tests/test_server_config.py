@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fas
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
 pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
-from serving import Receiver, ServerProcess, wait_for  # noqa: E402
+from serving import Receiver, ServerProcess, ended, upload, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.errors import InvalidOptionError  # noqa: E402
@@ -78,7 +78,7 @@ def test_quota_is_charged_per_job_and_refuses_with_err_006(server, media):
     demo, _wall, charge = media
     seconds = charge[demo.video]
     with server.client(QUOTA_KEY) as client:
-        first, second, third = (_upload(client, demo.video, demo.audio) for _ in range(3))
+        first, second, third = (upload(client, demo.video, demo.audio) for _ in range(3))
 
     for response, left in ((first, seconds), (second, 0)):
         assert response.status_code == 201, response.text
@@ -97,21 +97,21 @@ def test_quota_is_charged_per_job_and_refuses_with_err_006(server, media):
 def test_failed_jobs_give_their_seconds_back(server, media):
     demo, wall, _charge = media
     with server.client(REFUND_KEY) as client:
-        first = _upload(client, wall, demo.audio)
+        first = upload(client, wall, demo.audio)
         assert first.status_code == 201, first.text
-        final = wait_for(client, first.json()["data"]["request_id"], _ended, JOB_TIMEOUT)
+        final = wait_for(client, first.json()["data"]["request_id"], ended, JOB_TIMEOUT)
         assert final["error"]["error_code"] == "ERR_004"
         # The quota holds one such job: the failed one no longer counts.
-        again = _upload(client, wall, demo.audio)
+        again = upload(client, wall, demo.audio)
     assert again.status_code == 201, again.text
 
 
 def test_zero_quota_from_the_environment_refuses_and_unlimited_keys_pay_nothing(server, media):
     demo, _wall, _charge = media
     with server.client(ZERO_KEY) as client:
-        refused = _upload(client, demo.video, demo.audio)
+        refused = upload(client, demo.video, demo.audio)
     with server.client(FREE_KEY) as client:
-        free = _upload(client, demo.video, demo.audio)
+        free = upload(client, demo.video, demo.audio)
     assert refused.status_code == 402 and refused.json()["data"]["error_code"] == "ERR_006"
     assert free.status_code == 201
     assert free.json()["data"]["credit_details"] == {"credits_deducted": 0}
@@ -203,13 +203,3 @@ def test_bad_quota_variables_are_refused(monkeypatch, quotas, words):
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _upload(client, video, audio):
-    with open(video, "rb") as v, open(audio, "rb") as a:
-        files = {"video": (video.name, v, "video/mp4"), "audio": (audio.name, a, "audio/wav")}
-        return client.post("/visualdub", data={"model": "e1"}, files=files)
-
-
-def _ended(data: dict) -> bool:
-    return data["status_code"] in ("success", "failed")

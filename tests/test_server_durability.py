@@ -19,7 +19,16 @@ pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fas
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
 pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
-from serving import Receiver, ServerProcess, alive, request_rows, wait_for  # noqa: E402
+from serving import (  # noqa: E402
+    Receiver,
+    ServerProcess,
+    alive,
+    ended,
+    request_rows,
+    submit,
+    upload,
+    wait_for,
+)
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
@@ -62,7 +71,7 @@ def server(tmp_path):
 def test_crash_mid_job_then_restart_finishes_every_request_once(server, receiver, long_inputs):
     hook = receiver.url + "/crash"
     with server.start().client(KEY) as client:
-        ids = [_submit(client, long_inputs, hook) for _ in range(3)]
+        ids = [submit(client, long_inputs, webhook=hook) for _ in range(3)]
         # One worker: the first job is under way, the other two wait behind it.
         wait_for(client, ids[0], _started, JOB_TIMEOUT)
     server.crash()
@@ -70,7 +79,7 @@ def test_crash_mid_job_then_restart_finishes_every_request_once(server, receiver
     assert killed["status"] == "running", "killed in the middle of the job"
 
     with server.start().client(KEY) as client:
-        finals = [wait_for(client, i, _ended, JOB_TIMEOUT) for i in ids]
+        finals = [wait_for(client, i, ended, JOB_TIMEOUT) for i in ids]
         listed = client.get("/list_requests", params={"limit": 100}).json()
         files = [client.get("/get_file", params={"request_id": i}) for i in ids]
 
@@ -94,14 +103,14 @@ def test_crash_mid_job_then_restart_finishes_every_request_once(server, receiver
 def test_server_killed_alone_leaves_its_job_to_the_worker(server, receiver, long_inputs):
     hook = receiver.url + "/orphan"
     with server.start().client(KEY) as client:
-        request_id = _submit(client, long_inputs, hook)
+        request_id = submit(client, long_inputs, webhook=hook)
         wait_for(client, request_id, _started, JOB_TIMEOUT)
     left = server.kill_server_only()
     worker = request_rows(server.home)[request_id]["owner"]
     assert any(alive(pid) for pid in left), "the job worker outlives its server"
 
     with server.start().client(KEY) as client:
-        final = wait_for(client, request_id, _ended, JOB_TIMEOUT)
+        final = wait_for(client, request_id, ended, JOB_TIMEOUT)
         response = client.get("/get_file", params={"request_id": request_id})
     assert final["status_code"] == "success", final
     assert response.status_code == 200 and response.content[4:8] == b"ftyp"
@@ -121,7 +130,7 @@ def test_server_killed_alone_leaves_its_job_to_the_worker(server, receiver, long
 def test_undelivered_webhook_is_sent_after_a_restart(server, receiver, short_inputs):
     receiver.script["/late"] = [503]  # the first attempt fails; the retry waits 2 s
     with server.start().client(KEY) as client:
-        request_id = _submit(client, short_inputs, receiver.url + "/late")
+        request_id = submit(client, short_inputs, webhook=receiver.url + "/late")
         (first,) = receiver.wait_posts("/late", 1, timeout=JOB_TIMEOUT)
     status = server.stop()
     assert status in (0, -15), server.log()  # uvicorn re-raises SIGTERM once shut down
@@ -152,7 +161,7 @@ def test_twenty_concurrent_submissions_all_complete(tmp_path, short_inputs):
             submitted = list(pool.map(lambda _: _upload_once(server, short_inputs), range(20)))
         ids = [body["data"]["request_id"] for body in submitted]
         with server.client(KEY) as client:
-            finals = [wait_for(client, i, _ended, JOB_TIMEOUT) for i in ids]
+            finals = [wait_for(client, i, ended, JOB_TIMEOUT) for i in ids]
             heads = [
                 client.get("/get_file", params={"request_id": i}, headers={"range": "bytes=4-7"})
                 for i in ids
@@ -174,21 +183,9 @@ def test_twenty_concurrent_submissions_all_complete(tmp_path, short_inputs):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _submit(client, inputs, webhook: str) -> str:
-    with open(inputs.video, "rb") as v, open(inputs.audio, "rb") as a:
-        response = client.post(
-            "/visualdub",
-            data={"model": "e1", "webhook": webhook},
-            files={"video": ("talk.mp4", v, "video/mp4"), "audio": ("voice.wav", a, "audio/wav")},
-        )
-    assert response.status_code == 201, response.text
-    return response.json()["data"]["request_id"]
-
-
 def _upload_once(server: ServerProcess, inputs) -> dict:
-    with server.client(KEY) as client, open(inputs.video, "rb") as v, open(inputs.audio, "rb") as a:
-        files = {"video": ("talk.mp4", v, "video/mp4"), "audio": ("voice.wav", a, "audio/wav")}
-        response = client.post("/visualdub", data={"model": "e1"}, files=files)
+    with server.client(KEY) as client:
+        response = upload(client, inputs.video, inputs.audio)
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -196,10 +193,6 @@ def _upload_once(server: ServerProcess, inputs) -> dict:
 def _started(data: dict) -> bool:
     assert data["status_code"] in ("pending", "in_progress"), data
     return data["status_code"] == "in_progress" and data["phase"] is not None
-
-
-def _ended(data: dict) -> bool:
-    return data["status_code"] in ("success", "failed")
 
 
 def _saved(responses, home: Path) -> list[Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
@@ -23,7 +22,16 @@ pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 pytest.importorskip("dramatiq", reason="the redis queue needs the queue extra (dramatiq)")
 pytest.importorskip("redis", reason="the redis queue needs the queue extra (redis-py)")
 
-from serving import Receiver, RedisServer, ServerProcess, WorkerProcess, wait_for  # noqa: E402
+from serving import (  # noqa: E402
+    Receiver,
+    RedisServer,
+    ServerProcess,
+    WorkerProcess,
+    ended,
+    request_rows,
+    submit,
+    wait_for,
+)
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
@@ -87,7 +95,7 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server
 
     hook = receiver.url + "/redis"
     with shim.client(KEY) as client:
-        ids = [_submit(client, inputs, hook) for _ in range(JOBS)]
+        ids = [submit(client, inputs, webhook=hook) for _ in range(JOBS)]
 
     # The first worker finishes a job, then dies in the middle of its next one.
     killed = _wait_until(lambda: first.done() and _running_on(shim.home, first.pid))
@@ -100,7 +108,7 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server
     shim.start(port=shim.port)  # the workers know the shim by its address
 
     with shim.client(KEY) as client:
-        finals = [wait_for(client, i, _ended, TIMEOUT) for i in ids]
+        finals = [wait_for(client, i, ended, TIMEOUT) for i in ids]
         listed = client.get("/list_requests", params={"limit": 100}).json()
         files = [client.get("/get_file", params={"request_id": i}) for i in ids]
 
@@ -120,7 +128,7 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server
     assert sorted(by_first + by_second) == sorted(ids)
     assert killed in by_second, "the killed worker's job was finished by the other"
 
-    rows = _rows(shim.home)
+    rows = request_rows(shim.home)
     assert rows[killed]["attempts"] >= 2, "the killed job ran again"
     outputs = shim.home / "server" / "outputs"
     assert sorted(p.name for p in outputs.iterdir()) == sorted(
@@ -212,21 +220,6 @@ def test_a_silent_workers_unacknowledged_message_goes_back_on_the_queue(redis_se
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _submit(client, inputs, webhook: str) -> str:
-    with open(inputs.video, "rb") as v, open(inputs.audio, "rb") as a:
-        response = client.post(
-            "/visualdub",
-            data={"model": "e1", "webhook": webhook},
-            files={"video": ("talk.mp4", v, "video/mp4"), "audio": ("voice.wav", a, "audio/wav")},
-        )
-    assert response.status_code == 201, response.text
-    return response.json()["data"]["request_id"]
-
-
-def _ended(data: dict) -> bool:
-    return data["status_code"] in ("success", "failed")
-
-
 def _wait_until(found, timeout: float = TIMEOUT):
     deadline = time.monotonic() + timeout
     while not (value := found()):
@@ -237,7 +230,7 @@ def _wait_until(found, timeout: float = TIMEOUT):
 
 def _running_on(home: Path, pid: int) -> str | None:
     """The request a worker process holds once its job has begun (a phase is set)."""
-    for row in _rows(home).values():
+    for row in request_rows(home).values():
         owner = row["owner"] or ""
         if row["status"] == "running" and f"/{pid}/" in owner and row["phase"] is not None:
             return row["request_id"]
@@ -245,13 +238,7 @@ def _running_on(home: Path, pid: int) -> str | None:
 
 
 def _count(home: Path, status: str) -> int:
-    return sum(row["status"] == status for row in _rows(home).values())
-
-
-def _rows(home: Path) -> dict[str, sqlite3.Row]:
-    with sqlite3.connect(home / "server" / "lipsync.db", timeout=30) as db:
-        db.row_factory = sqlite3.Row
-        return {r["request_id"]: r for r in db.execute("SELECT * FROM requests").fetchall()}
+    return sum(row["status"] == status for row in request_rows(home).values())
 
 
 def _stored_request(store, folder: Path) -> str:

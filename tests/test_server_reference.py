@@ -26,7 +26,7 @@ pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 if shutil.which("curl") is None:
     pytest.skip("the reference's examples are curl lines: no curl here", allow_module_level=True)
 
-from serving import Receiver, ServerProcess, alive, request_rows, wait_for  # noqa: E402
+from serving import Receiver, ServerProcess, alive, ended, request_rows, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
@@ -84,7 +84,7 @@ def uploaded(shim, shared_media):
     assert body["status"] == "success" and body["message"] == "Job Created"
     assert set(body["data"]) == CREATED_DATA
     with shim.client(KEY) as client:
-        final = wait_for(client, body["data"]["request_id"], _ended, JOB_TIMEOUT)
+        final = wait_for(client, body["data"]["request_id"], ended, JOB_TIMEOUT)
     assert final["status_code"] == "success", final
     return body["data"]
 
@@ -154,7 +154,7 @@ def test_json_body_of_the_reference_with_url_assets_and_a_webhook(shim, files, r
     assert [a["type"] for a in created["data"]["assets"]] == ["video", "audio"]
 
     with shim.client(KEY) as client:
-        final = wait_for(client, created["data"]["request_id"], _ended, JOB_TIMEOUT)
+        final = wait_for(client, created["data"]["request_id"], ended, JOB_TIMEOUT)
     assert final["status_code"] == "success", final
     (posted,) = receiver.wait_posts("/reference", 1, timeout=30)
     assert json.loads(posted["body"])["event"] == "completed"
@@ -196,7 +196,7 @@ def test_every_other_input_mode_dubs_the_shared_clip(shim, uploaded, shared_medi
     created = _curl_json(shim, "-X", "POST", url, *args)
     assert created["data"]["assets"][0] == {"type": "video", "asset_id": video_id}
     with shim.client(KEY) as client:
-        final = wait_for(client, created["data"]["request_id"], _ended, JOB_TIMEOUT)
+        final = wait_for(client, created["data"]["request_id"], ended, JOB_TIMEOUT)
     assert final["status_code"] == "success", final
     assert final["assets"]["video"] == video_id
 
@@ -235,7 +235,7 @@ def test_a_job_whose_worker_keeps_dying_fails_with_err_003(tmp_path):
                 while alive(pid):
                     assert time.monotonic() < deadline
                     time.sleep(0.05)
-            final = wait_for(client, request_id, _ended, JOB_TIMEOUT)
+            final = wait_for(client, request_id, ended, JOB_TIMEOUT)
             got = client.get("/get_file", params={"request_id": request_id})
     finally:
         server.stop()
@@ -298,10 +298,6 @@ def _curl_json(shim: ServerProcess, *args: str) -> dict:
     answer = _curl(shim, *args)
     assert answer.status in (200, 201), answer.body
     return answer.json()
-
-
-def _ended(data: dict) -> bool:
-    return data["status_code"] in ("success", "failed")
 
 
 def _owner_pid(home: Path, request_id: str, attempt: int) -> int:

@@ -9,8 +9,6 @@ import socket
 import stat
 import threading
 import time
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from clips import gray_video
@@ -20,6 +18,7 @@ pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvi
 httpx = pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
 import uvicorn  # noqa: E402
+from serving import Receiver, ended, upload, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.errors import InvalidOptionError  # noqa: E402
@@ -42,82 +41,6 @@ SECRET = "test-secret"
 BASE_DELAY = 0.3  # seconds before the second attempt (0.6 before the third)
 # A 1 s, 128 px demo job takes a few seconds on 2 cores; leave room for a slow CI machine.
 JOB_TIMEOUT = 120.0
-
-
-# --- a loopback receiver: records POSTs, answers scripted statuses, serves files ------------
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 in a thread."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []  # each POST: path, query, headers, body, time
-        self.script: dict[str, list[int]] = {}  # path -> statuses to answer, in order
-        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length)
-                parts = urllib.parse.urlsplit(self.path)
-                with receiver.lock:
-                    receiver.calls.append(
-                        {
-                            "path": parts.path,
-                            "query": dict(urllib.parse.parse_qsl(parts.query)),
-                            "headers": dict(self.headers),
-                            "body": body,
-                            "time": time.monotonic(),
-                        }
-                    )
-                    statuses = receiver.script.get(parts.path, [])
-                    code = statuses.pop(0) if statuses else 200
-                self.send_response(code)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def do_GET(self):
-                found = receiver.files.get(urllib.parse.urlsplit(self.path).path)
-                if found is None:
-                    self.send_error(404)
-                    return
-                data, content_type = found
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def posts(self, path: str) -> list[dict]:
-        with self.lock:
-            return [c for c in self.calls if c["path"] == path]
-
-    def wait_posts(self, path: str, count: int, timeout: float = 30.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.posts(path)) < count:
-            assert time.monotonic() < deadline, f"{count} POST(s) to {path} did not arrive"
-            time.sleep(0.05)
-        return self.posts(path)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # the shim hangs up on an oversized file on purpose; no traceback for that
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +93,6 @@ def _client(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"x-api-key": KEY}, timeout=60)
 
 
-def _wait(client: httpx.Client, request_id: str) -> dict:
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while time.monotonic() < deadline:
-        data = client.get("/get_status", params={"request_id": request_id}).json()["data"]
-        if data["status_code"] in ("success", "failed"):
-            return data
-        time.sleep(0.2)
-    raise AssertionError(f"request {request_id} did not finish in {JOB_TIMEOUT} s")
-
-
 def _refused(response: httpx.Response, http_status: int) -> dict:
     assert response.status_code == http_status, response.text
     body = response.json()
@@ -217,8 +130,8 @@ def test_url_assets_dub_and_the_webhook_arrives_after_a_retry(shim, receiver, in
         response = client.post("/visualdub", json=payload)
         assert response.status_code == 201, response.text
         request_id = response.json()["data"]["request_id"]
-        status = _wait(client, request_id)
-        calls = receiver.wait_posts("/hook-a", 2)
+        status = wait_for(client, request_id, ended, JOB_TIMEOUT)
+        calls = receiver.wait_posts("/hook-a", 2, timeout=30)
         listed = client.get("/list_assets").json()["data"]
 
     assert status["status_code"] == "success", status
@@ -248,15 +161,11 @@ def test_string_webhook_reports_a_failed_job(shim, receiver, inputs, tmp_path):
     base, _app = shim
     video = tmp_path / "wall.mp4"
     gray_video(video)
-    with _client(base) as client, open(video, "rb") as v, open(inputs.audio, "rb") as a:
-        response = client.post(
-            "/visualdub",
-            data={"model": "e1", "webhook": receiver.url + "/hook-b"},
-            files={"video": ("wall.mp4", v, "video/mp4"), "audio": ("a.wav", a, "audio/wav")},
-        )
+    with _client(base) as client:
+        response = upload(client, video, inputs.audio, webhook=receiver.url + "/hook-b")
         assert response.status_code == 201, response.text
-        status = _wait(client, response.json()["data"]["request_id"])
-    (call,) = receiver.wait_posts("/hook-b", 1)
+        status = wait_for(client, response.json()["data"]["request_id"], ended, JOB_TIMEOUT)
+    (call,) = receiver.wait_posts("/hook-b", 1, timeout=30)
 
     assert status["status_code"] == "failed"
     assert _signed(call) and call["query"] == {}
