@@ -192,7 +192,7 @@ class SqliteQueue(JobQueue):
         return self.store.asset_path(claim.video_asset), self.store.asset_path(claim.audio_asset)
 
     def output_path(self, claim: Claim) -> Path:
-        return self.store.output_dir / f"{claim.request_id}-{claim.attempt}.mp4"
+        return self.store.output_path(claim.request_id, claim.attempt)
 
     def renew(self, claim: Claim, lease: float) -> bool:
         return self.store.renew(claim.request_id, claim.owner, time.time() + lease)

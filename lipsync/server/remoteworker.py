@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import InternalError, InvalidOptionError, LipsyncError, MissingDependencyError
 from .jobs import JobSettings, _Heartbeat, run_job
 from .queues import WORKER_PATH, Claim, JobQueue, WorkerId
-from .redisqueue import ACTOR_NAME, QUEUE_NAME, RedisOptions, open_broker
+from .redisqueue import _INSTALL, ACTOR_NAME, QUEUE_NAME, RedisOptions, open_broker
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def run_worker(options: WorkerOptions, stop: threading.Event) -> None:
     except ImportError as exc:
         raise MissingDependencyError(
             f"the remote worker needs Dramatiq, redis-py and httpx ({exc.name} is missing)",
-            hint="pip install 'lipsync[queue]'",
+            hint=_INSTALL,
         ) from exc
     from .. import pipeline  # noqa: F401  (load the models now, not in the first job)
 

@@ -356,13 +356,11 @@ class Store:
         """
         with self._connect() as db:
             row = db.execute(
-                "UPDATE requests SET status = ?, progress = 0, phase = NULL, owner = ?, "
-                "lease_until = ?, attempts = attempts + 1 WHERE request_id = "
-                "(SELECT request_id FROM requests WHERE status = ? ORDER BY seq LIMIT 1) "
-                "RETURNING request_id",
+                _CLAIM + "(SELECT request_id FROM requests WHERE status = ? ORDER BY seq LIMIT 1) "
+                "RETURNING *",
                 (RUNNING, owner, lease_until, PENDING),
             ).fetchone()
-        return None if row is None else self._by_id(row["request_id"])
+        return None if row is None else _request(row)
 
     def claim_request(self, request_id: str, owner: str, lease_until: float) -> Request | None:
         """Claim one named request for ``owner`` if it is PENDING; None if it is not.
@@ -372,12 +370,10 @@ class Store:
         """
         with self._connect() as db:
             row = db.execute(
-                "UPDATE requests SET status = ?, progress = 0, phase = NULL, owner = ?, "
-                "lease_until = ?, attempts = attempts + 1 WHERE request_id = ? AND status = ? "
-                "RETURNING request_id",
+                _CLAIM + "? AND status = ? RETURNING *",
                 (RUNNING, owner, lease_until, request_id, PENDING),
             ).fetchone()
-        return None if row is None else self._by_id(row["request_id"])
+        return None if row is None else _request(row)
 
     def held(self, request_id: str, owner: str) -> Request | None:
         """The request if ``owner`` holds its claim now; None otherwise."""
@@ -461,6 +457,11 @@ class Store:
             ).rowcount
         return done == 1
 
+    def output_path(self, request_id: str, attempt: int) -> Path:
+        """Where one attempt of a job keeps its video: each attempt has a name of its own,
+        so a rename into place never replaces another attempt's output."""
+        return self.output_dir / f"{request_id}-{attempt}.mp4"
+
     def request(self, request_id: str) -> Request:
         """A request by id, whoever owns it (for the workers and the webhook sender)."""
         return self._by_id(request_id)
@@ -532,6 +533,13 @@ class Store:
             ).fetchone()
         return _request(row)
 
+
+# A claim, completed by the request it takes: RUNNING for an owner under a lease, progress
+# from nothing, one attempt more. RETURNING * hands back the claimed row in the same statement.
+_CLAIM = (
+    "UPDATE requests SET status = ?, progress = 0, phase = NULL, owner = ?, "
+    "lease_until = ?, attempts = attempts + 1 WHERE request_id = "
+)
 
 # Appended to an UPDATE's WHERE: the row is held by the owner given, or no owner was given.
 _HELD_BY = f" AND (? IS NULL OR (status = '{RUNNING}' AND owner = ?))"

@@ -82,8 +82,7 @@ def worker_router(store: Store, token: str, max_output_bytes: int) -> APIRouter:
         return job
 
     def keep_output(received: Path, request_id: str, attempt: int, owner: str) -> None:
-        # Each attempt has a name of its own: a rename never replaces another's output.
-        target = store.output_dir / f"{request_id}-{attempt}.mp4"
+        target = store.output_path(request_id, attempt)
         os.replace(received, target)
         if not store.finish(request_id, target, owner=owner):
             target.unlink(missing_ok=True)
