@@ -6,6 +6,7 @@ local worker starts: every claim here is made through the worker endpoints.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -168,6 +169,18 @@ def test_a_remote_claim_is_judged_by_its_lease_not_its_pid(shim, job, tmp_path):
     assert local.requeue_abandoned(3) == [job]
     assert store.request(job).status == PENDING and store.request(job).owner is None
     assert not queue.renew(claim, 30), "the old owner has lost it"
+
+
+def test_a_job_left_running_without_an_owner_is_queued_again(shim, job):
+    # A store from before claims had owners: the job its server was running has none.
+    app, _ = shim
+    store = app.state.store
+    with sqlite3.connect(store.db_path) as db:
+        db.execute(
+            "UPDATE requests SET status = ?, owner = NULL WHERE request_id = ?", (RUNNING, job)
+        )
+    assert SqliteQueue(store=store).requeue_abandoned(3) == [job]
+    assert store.request(job).status == PENDING
 
 
 def test_a_worker_checks_its_token_before_taking_work(shim, tmp_path):

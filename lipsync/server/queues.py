@@ -218,7 +218,7 @@ class SqliteQueue(JobQueue):
             for partial in self.store.output_dir.glob(f".{job.request_id}-*.part"):
                 partial.unlink(missing_ok=True)
             if job.attempts < max_attempts:
-                if self.store.requeue(job.request_id, job.owner or ""):
+                if self.store.requeue(job.request_id, job.owner):
                     logger.info("request %s: its worker is gone; queued again", job.request_id)
                 continue
 

@@ -400,12 +400,17 @@ class Store:
             ).fetchall()
         return [_request(row) for row in rows]
 
-    def requeue(self, request_id: str, owner: str) -> bool:
-        """Take a claim back from ``owner`` and queue the request again; False if not held."""
+    def requeue(self, request_id: str, owner: str | None) -> bool:
+        """Take a claim back from ``owner`` and queue the request again; False if not held.
+
+        ``owner`` None takes back a row left RUNNING without one: a job a server of a version
+        before owners were recorded was running when it stopped.
+        """
         with self._connect() as db:
+            # IS, not =: NULL = NULL is not true, and such a row would stay RUNNING for good.
             moved = db.execute(
                 "UPDATE requests SET status = ?, phase = NULL, progress = 0, owner = NULL, "
-                "lease_until = NULL WHERE request_id = ? AND status = ? AND owner = ?",
+                "lease_until = NULL WHERE request_id = ? AND status = ? AND owner IS ?",
                 (PENDING, request_id, RUNNING, owner),
             ).rowcount
         return moved == 1
