@@ -314,6 +314,27 @@ def test_upload_over_the_size_limit_is_refused(server, demo, tmp_path):
     assert "5242880 bytes" in body["message"]
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_past_two_files_is_refused_while_it_streams(server, chunked):
+    # 5 MB files: a body may carry 11 MB. This one's single file part is 64 MB: the refusal
+    # names the body's limit, so it came from the cap on the stream (or on the declared
+    # length), before the part was taken in whole and checked as a file.
+    def body():
+        yield b'--b\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'
+        for _ in range(64):
+            yield bytes(1 << 20)
+        yield b"\r\n--b--\r\n"
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    content = body() if chunked else b"".join(body())
+    with _client(server) as client:
+        response = client.post("/visualdub", content=content, headers=headers)
+
+    refused = _assert_failed(response, 413)
+    assert refused["data"]["error_code"] == "ERR_009"
+    assert f"limit of {(10 << 20) + (1 << 20)} bytes" in refused["message"]
+
+
 @pytest.mark.parametrize(
     "payload, word",
     [

@@ -309,10 +309,16 @@ async def _parse_job(request: Request, key: str, store: Store, settings: ServerS
     """Model, intensity, webhook and the two assets of a POST /visualdub, in any input mode."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        # TODO(#5): Starlette spools a file part whole (no size limit) before Store.receive
-        # copies it under max_upload_bytes: an oversized upload is taken in full before its
-        # 413, and every upload is written twice. A streaming multipart parser would do both.
-        form = await request.form()
+        # Starlette spools each file part whole before Store.receive checks it against
+        # max_upload_bytes, so the body as a whole is capped while it streams in: a client
+        # cannot make the server take in more than two files' worth before its 413.
+        # TODO(#5): every upload is still written twice (the spool, then the store's copy).
+        limit = _body_limit(settings)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise UploadTooLargeError(_too_large(limit))
+        capped = Request(request.scope, receive=_capped_receive(request.receive, limit))
+        form = await capped.form()
         fields = {name: value for name, value in form.items()}
     elif content_type.startswith("application/json") or not content_type:
         try:
@@ -420,6 +426,31 @@ def _duration(store: Store, asset: Asset) -> float:
 def _probe(media_type: str):
     """The library's check of one media type: it raises the API's errors for a bad file."""
     return validate_video if media_type == "video" else probe_audio
+
+
+def _body_limit(settings: ServerSettings) -> int:
+    """Bytes a multipart POST may carry: two files at the limit, and room for the fields."""
+    return 2 * settings.max_upload_bytes + (1 << 20)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is larger than the limit of {limit} bytes (two files and fields)"
+
+
+def _capped_receive(receive, limit: int):
+    """``receive`` that raises UploadTooLargeError once more than ``limit`` body bytes came."""
+    seen = 0
+
+    async def capped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise UploadTooLargeError(_too_large(limit))
+        return message
+
+    return capped
 
 
 def _asset_number(value: Any, media_type: str) -> int:
