@@ -315,10 +315,9 @@ def test_upload_over_the_size_limit_is_refused(server, demo, tmp_path):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_a_body_past_two_files_is_refused_while_it_streams(server, chunked):
-    # 5 MB files: a body may carry 11 MB. This one's single file part is 64 MB: the refusal
-    # names the body's limit, so it came from the cap on the stream (or on the declared
-    # length), before the part was taken in whole and checked as a file.
+def test_a_file_part_past_the_limit_is_refused_while_it_streams(server, chunked):
+    # 5 MB files, so a body may carry 11 MB; this one's single file part is 64 MB. Declared,
+    # its length is refused unread; sent chunked, the part is refused once 5 MB have come.
     def body():
         yield b'--b\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'
         for _ in range(64):
@@ -332,7 +331,8 @@ def test_a_body_past_two_files_is_refused_while_it_streams(server, chunked):
 
     refused = _assert_failed(response, 413)
     assert refused["data"]["error_code"] == "ERR_009"
-    assert f"limit of {(10 << 20) + (1 << 20)} bytes" in refused["message"]
+    limit = 5 << 20 if chunked else (10 << 20) + (1 << 20)
+    assert f"limit of {limit} bytes" in refused["message"]
 
 
 @pytest.mark.parametrize(

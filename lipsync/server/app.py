@@ -26,7 +26,6 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InvalidOptionError, LipsyncError, ModelNotInstalledError
@@ -38,6 +37,7 @@ from .queues import open_queue
 from .remote import check_http_url, check_public_host, fetch_into
 from .shapes import STATUS_WORDS, VISUALDUB_BODY, job_error, status_data
 from .store import FAILED, SUCCESS, Asset, Store, UploadTooLargeError, key_id
+from .uploads import ReceivedFile, read_multipart
 from .webhooks import WebhookSender, WebhookSettings, load_secret, parse_webhook
 from .workerapi import worker_router
 
@@ -308,17 +308,19 @@ def serve(
 async def _parse_job(request: Request, key: str, store: Store, settings: ServerSettings) -> dict:
     """Model, intensity, webhook and the two assets of a POST /visualdub, in any input mode."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        # Starlette spools each file part whole before Store.receive checks it against
-        # max_upload_bytes, so the body as a whole is capped while it streams in: a client
-        # cannot make the server take in more than two files' worth before its 413.
-        # TODO(#5): every upload is still written twice (the spool, then the store's copy).
+    if content_type.startswith("multipart/form-data"):
+        # File parts go straight into the store, each under max_upload_bytes; the body as a
+        # whole is capped too, so no stream of small parts can run on for ever.
         limit = _body_limit(settings)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise UploadTooLargeError(_too_large(limit))
         capped = Request(request.scope, receive=_capped_receive(request.receive, limit))
-        form = await capped.form()
+        fields = await read_multipart(
+            capped.stream(), content_type, store, settings.max_upload_bytes
+        )
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        form = await request.form()  # text only: no file can come this way
         fields = {name: value for name, value in form.items()}
     elif content_type.startswith("application/json") or not content_type:
         try:
@@ -332,6 +334,18 @@ async def _parse_job(request: Request, key: str, store: Store, settings: ServerS
             400, "invalid_request", "Send application/json or a form (multipart or urlencoded)"
         )
 
+    try:
+        return await _job_fields(fields, key, store, settings)
+    finally:
+        # A received file is kept (moved) by its asset, or refused and deleted; any other
+        # (the job was refused first) goes now.
+        for value in fields.values():
+            if isinstance(value, ReceivedFile):
+                value.path.unlink(missing_ok=True)
+
+
+async def _job_fields(fields: dict, key: str, store: Store, settings: ServerSettings) -> dict:
+    """The job from its parsed fields (see _parse_job)."""
     model = await run_in_threadpool(_model, fields.get("model"))
     intensity = _intensity(fields)
     webhook = _webhook(fields.get("webhook"))
@@ -350,8 +364,11 @@ async def _asset_for(
 ) -> Asset:
     """The asset of one type: an uploaded file, a form asset id, or an entry of ``assets``."""
     upload = fields.get(media_type)
-    if isinstance(upload, UploadFile):
-        return await run_in_threadpool(_keep_upload, upload, media_type, key, store, settings)
+    if isinstance(upload, ReceivedFile):
+        name = upload.filename or media_type
+        return await run_in_threadpool(
+            _check_and_keep, upload.path, upload.sha256, name, media_type, key, store, settings
+        )
 
     asset_id = fields.get(f"{media_type}_asset_id")
     if asset_id is None:
@@ -370,17 +387,6 @@ async def _asset_for(
     if asset is None or asset.media_type != media_type:
         raise ApiError(404, "not_found", f"Asset not found: {media_type} asset {number}")
     return asset
-
-
-def _keep_upload(
-    upload: UploadFile, media_type: str, key: str, store: Store, settings: ServerSettings
-) -> Asset:
-    """Receive, check and keep one uploaded file (blocking: runs in a worker thread)."""
-    suffix = Path(upload.filename or "").suffix.lower()
-    received, sha256 = store.receive(upload.file, suffix, settings.max_upload_bytes)
-    return _check_and_keep(
-        received, sha256, upload.filename or media_type, media_type, key, store, settings
-    )
 
 
 def _fetch_url(

@@ -150,6 +150,39 @@ class UploadTooLargeError(LimitExceededError):
     """An uploaded file is larger than the server accepts (HTTP 413, code ERR_009)."""
 
 
+class UploadSink:
+    """One upload being written into the store's upload folder: hashed as it comes, and
+    refused (UploadTooLargeError) once it passes its limit. ``finish`` or ``abort`` it."""
+
+    def __init__(self, folder: Path, suffix: str, limit: int) -> None:
+        fd, name = tempfile.mkstemp(dir=folder, suffix=suffix.lower())
+        self.path = Path(name)
+        self.limit = limit
+        self.size = 0
+        self._file = os.fdopen(fd, "wb")
+        self._digest = hashlib.sha256()
+
+    def write(self, block: bytes) -> None:
+        self.size += len(block)
+        if self.size > self.limit:
+            raise UploadTooLargeError(
+                f"the upload is larger than the limit of {self.limit} bytes",
+                hint="send a shorter or more compressed file",
+            )
+        self._digest.update(block)
+        self._file.write(block)
+
+    def finish(self) -> tuple[Path, str]:
+        """The whole file and its SHA-256."""
+        self._file.close()
+        return self.path, self._digest.hexdigest()
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 def key_id(api_key: str) -> str:
     """The short hash that stands for an API key in the store."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
@@ -196,24 +229,18 @@ class Store:
         Returns the file (named with ``suffix``, so the media checks see the extension) and
         its SHA-256. Raises UploadTooLargeError once more than ``limit`` bytes have come.
         """
-        digest = hashlib.sha256()
-        size = 0
-        fd, name = tempfile.mkstemp(dir=self.upload_dir, suffix=suffix.lower())
+        sink = self.open_upload(suffix, limit)
         try:
-            with os.fdopen(fd, "wb") as sink:
-                while block := source.read(_CHUNK):
-                    size += len(block)
-                    if size > limit:
-                        raise UploadTooLargeError(
-                            f"the upload is larger than the limit of {limit} bytes",
-                            hint="send a shorter or more compressed file",
-                        )
-                    digest.update(block)
-                    sink.write(block)
+            while block := source.read(_CHUNK):
+                sink.write(block)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            sink.abort()
             raise
-        return Path(name), digest.hexdigest()
+        return sink.finish()
+
+    def open_upload(self, suffix: str, limit: int) -> UploadSink:
+        """A new file in the upload folder to write an upload into, piece by piece."""
+        return UploadSink(self.upload_dir, suffix, limit)
 
     def clear_uploads(self) -> int:
         """Delete uploads left half-received by a server that stopped; how many.
