@@ -55,11 +55,17 @@ def store_json(kind: str, key: str, value: Any) -> None:
     """Write a JSON value atomically, so a reader never sees half a file."""
     folder = cache_dir() / kind
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    write_json_atomic(folder / f"{key}.json", value)
+
+
+def write_json_atomic(path: Path, value: Any, **dump_options: Any) -> None:
+    """Write ``value`` as JSON to ``path`` through a temporary file in the same folder and a
+    rename, so a reader finds the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(value, handle)
-        os.replace(tmp, folder / f"{key}.json")
+            json.dump(value, handle, **dump_options)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -25,7 +25,7 @@ from typing import Any
 
 import platformdirs
 
-from .cache import file_digest
+from .cache import file_digest, write_json_atomic
 from .errors import (
     DataCorruptedError,
     InternalError,
@@ -487,15 +487,8 @@ def _read_registry() -> dict[str, dict[str, Any]]:
 
 
 def _write_registry(models: dict[str, dict[str, Any]]) -> None:
-    home = models_home()
-    fd, tmp = tempfile.mkstemp(dir=home, prefix=".registry.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"version": 1, "models": models}, handle, indent=2, sort_keys=True)
-        os.replace(tmp, home / REGISTRY_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    document = {"version": 1, "models": models}
+    write_json_atomic(models_home() / REGISTRY_FILE, document, indent=2, sort_keys=True)
 
 
 def _onnx():

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import file_digest
+from ..cache import file_digest, write_json_atomic
 from ..errors import DataCorruptedError, MissingDependencyError, ModelNotInstalledError
 from ..models import models_home
 from ..ortrun import run_session
@@ -154,15 +152,8 @@ def _read_record() -> dict[str, dict]:
 
 
 def _write_record(record: dict[str, dict]) -> None:
-    folder = face_models_dir()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".face_models.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"version": 1, "models": record}, handle, indent=2, sort_keys=True)
-        os.replace(tmp, folder / RECORD_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    document = {"version": 1, "models": record}
+    write_json_atomic(face_models_dir() / RECORD_FILE, document, indent=2, sort_keys=True)
 
 
 @dataclass
