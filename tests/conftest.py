@@ -27,6 +27,16 @@ def _isolated_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook receiver (and file server) on 127.0.0.1 for one test module."""
+    from serving import Receiver  # the server extra's tests only: imported when asked for
+
+    served = Receiver()
+    yield served
+    served.close()
+
+
 def face_landmarks(image: np.ndarray) -> np.ndarray | None:
     """(468, 2) px landmarks of the largest face in an RGB image, from a static mesh pass."""
     import mediapipe as mp

@@ -12,7 +12,7 @@ pytest.importorskip("fastapi", reason="the REST shim needs the server extra (fas
 pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvicorn)")
 pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
-from serving import Receiver, ServerProcess, ended, upload, wait_for  # noqa: E402
+from serving import ServerProcess, ended, upload, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.errors import InvalidOptionError  # noqa: E402
@@ -40,13 +40,6 @@ def media(tmp_path_factory):
     wall = gray_video(folder / "wall.mp4")
     charge = {p: math.ceil(validate_video(p).duration) for p in (demo.video, wall)}
     return demo, wall, charge
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    served = Receiver()
-    yield served
-    served.close()
 
 
 @pytest.fixture(scope="module")

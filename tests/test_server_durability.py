@@ -41,13 +41,6 @@ JOB_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    served = Receiver()
-    yield served
-    served.close()
-
-
-@pytest.fixture(scope="module")
 def long_inputs(tmp_path_factory):
     return make_demo_inputs(tmp_path_factory.mktemp("long"), seconds=3.0, size=192)
 

@@ -26,7 +26,7 @@ pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 if shutil.which("curl") is None:
     pytest.skip("the reference's examples are curl lines: no curl here", allow_module_level=True)
 
-from serving import Receiver, ServerProcess, alive, ended, request_rows, wait_for  # noqa: E402
+from serving import ServerProcess, alive, ended, request_rows, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.media import validate_video  # noqa: E402
@@ -38,13 +38,6 @@ JOB_TIMEOUT = 240.0  # a 5 s shared clip on 2 cores, first run (scenes, faces, d
 CREATED_DATA = {"request_id", "assets", "credit_details"}
 LISTED_ROW = {"request_id", "status", "status_code", "created_at", "completed_at"}
 STATUS_DATA = {"request_id", "status", "status_code", "assets"}
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    served = Receiver()
-    yield served
-    served.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ pytest.importorskip("uvicorn", reason="the REST shim needs the server extra (uvi
 httpx = pytest.importorskip("httpx", reason="the shim's tests talk to it with httpx")
 
 import uvicorn  # noqa: E402
-from serving import Receiver, ended, upload, wait_for  # noqa: E402
+from serving import ended, upload, wait_for  # noqa: E402
 
 from lipsync.demo import make_demo_inputs  # noqa: E402
 from lipsync.errors import InvalidOptionError  # noqa: E402
@@ -41,13 +41,6 @@ SECRET = "test-secret"
 BASE_DELAY = 0.3  # seconds before the second attempt (0.6 before the third)
 # A 1 s, 128 px demo job takes a few seconds on 2 cores; leave room for a slow CI machine.
 JOB_TIMEOUT = 120.0
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    served = Receiver()
-    yield served
-    served.close()
 
 
 @pytest.fixture(scope="module")
