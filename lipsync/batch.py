@@ -15,8 +15,6 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
-import tempfile
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -25,6 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cache import write_json_atomic
 from .errors import InternalError, InvalidOptionError, LipsyncError
 from .media import VIDEO_EXTENSIONS, PathLike, probe_video
 from .pipeline import DubOptions, dub
@@ -36,6 +35,8 @@ STATUSES = ("ok", "skipped", "failed")
 
 # progress(done, total, result): called once per finished item, in the parent process.
 BatchProgress = Callable[[int, int, "ItemResult"], None]
+# item_progress(index, phase, done, total): the item under way, as dub() reports its phases.
+ItemProgress = Callable[[int, str, int, int], None]
 
 # Folder mode: the voices a folder may hold, and what may join a video's name to a voice's tag.
 VOICE_EXTENSIONS = (".wav", ".mp3")
@@ -193,6 +194,7 @@ def run_batch(
     *,
     jobs: int | None = None,
     progress: BatchProgress | None = None,
+    item_progress: ItemProgress | None = None,
     summary_path: PathLike | None = None,
 ) -> BatchSummary:
     """Dub every item; a failed item is recorded and the others go on.
@@ -203,6 +205,8 @@ def run_batch(
             everything in this process (face analysis already uses every core).
         progress: called as ``progress(done, total, result)`` after each item; with
             several jobs, a video's items are reported together when it finishes.
+        item_progress: called as ``item_progress(index, phase, done, total)`` while an item
+            is dubbed (``dub``'s phases); only when items run in this process (one job).
         summary_path: where to write the summary as JSON (atomically); None writes none.
 
     Returns:
@@ -227,7 +231,7 @@ def run_batch(
     if jobs == 1 or len(groups) == 1:
         for group in groups:
             for index, item in group:
-                record(run_item(index, item))
+                record(run_item(index, item, item_progress))
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(groups)), mp_context=context) as pool:
@@ -251,9 +255,9 @@ def group_by_video(items: Sequence[BatchItem]) -> list[list[tuple[int, BatchItem
     return list(groups.values())
 
 
-def run_item(index: int, item: BatchItem) -> ItemResult:
+def run_item(index: int, item: BatchItem, progress: ItemProgress | None = None) -> ItemResult:
     """Dub one item, or skip it when its output is already a valid video; never raises a
-    LipsyncError (it is recorded in the result)."""
+    LipsyncError (it is recorded in the result). ``progress`` follows its phases."""
     result = ItemResult(index, str(item.video), str(item.audio), str(item.output), "ok")
     tick = time.perf_counter()
     if output_complete(item.output):
@@ -263,7 +267,10 @@ def run_item(index: int, item: BatchItem) -> ItemResult:
 
     try:
         item.output.parent.mkdir(parents=True, exist_ok=True)
-        dubbed = dub(item.video, item.audio, output=item.output, **item.options)
+        phases = None
+        if progress is not None:
+            phases = lambda phase, done, total: progress(index, phase, done, total)  # noqa: E731
+        dubbed = dub(item.video, item.audio, output=item.output, progress=phases, **item.options)
     except LipsyncError as exc:
         logger.warning("item %d (%s) failed: %s %s", index, item.video.name, exc.code, exc)
         result.status = "failed"
@@ -294,14 +301,7 @@ def write_summary(summary: BatchSummary, path: PathLike) -> Path:
     """Write the summary as JSON atomically, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(summary.to_dict(), handle, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, summary.to_dict(), indent=2)
     return path
 
 

@@ -316,10 +316,17 @@ def _faces_arg(value: str) -> str | int:
 
 
 class _Bars:
-    """One progress bar per phase, one line each: a phase's bar closes when the next begins."""
+    """One progress bar per phase, one line each: a phase's bar closes when the next begins.
 
-    def __init__(self, enabled: bool) -> None:
+    ``leave=False`` and a ``position`` (a line under another bar) draw each phase's bar on
+    one line that is cleared when it closes: a batch's current item under the batch's bar.
+    """
+
+    def __init__(self, enabled: bool, *, leave: bool = True, position: int | None = None):
         self.enabled = enabled
+        self.leave = leave
+        self.position = position
+        self.label = ""  # shown before the phase (the batch item's name)
         self.phase: str | None = None
         self.bar: tqdm | None = None
 
@@ -329,7 +336,13 @@ class _Bars:
         if phase != self.phase:
             self.close()
             self.phase = phase
-            self.bar = tqdm(total=total, desc=f"{phase:>8}", unit="frame", leave=True)
+            self.bar = tqdm(
+                total=total,
+                desc=f"{self.label}{phase:>8}",
+                unit="frame",
+                leave=self.leave,
+                position=self.position,
+            )
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 
@@ -415,21 +428,32 @@ def _run_batch(args: argparse.Namespace) -> int:
         items = read_list(args.list, options)
         summary_path = args.summary or args.list.with_name(f"{args.list.stem}.summary.json")
     bar = None
-    if not (args.quiet or args.json):
-        bar = tqdm(total=len(items), desc="   batch", unit="item")
+    shown = not (args.quiet or args.json)
+    if shown:
+        bar = tqdm(total=len(items), desc="   batch", unit="item", position=0)
+    # The item under way, phase by phase, on the line below (items run in this process).
+    current = _Bars(enabled=shown, leave=False, position=1)
 
     def progress(done: int, total: int, result) -> None:
+        current.close()
+        current.phase = None
         bar.set_postfix_str(f"{Path(result.output).name} {result.status}")
         bar.update(done - bar.n)
+
+    def item_progress(index: int, phase: str, done: int, total: int) -> None:
+        current.label = f"{items[index].output.name}: "
+        current(phase, done, total)
 
     try:
         summary = run_batch(
             items,
             jobs=args.jobs,
             progress=None if bar is None else progress,
+            item_progress=item_progress if shown else None,
             summary_path=summary_path,
         )
     finally:
+        current.close()
         if bar is not None:
             bar.close()
 

@@ -285,3 +285,29 @@ def test_batch_command_dubs_a_folder_and_a_rerun_skips_it(tmp_path, monkeypatch,
     listing = tmp_path / "list.csv"
     listing.write_text(f"video,audio,output\n{folder / 'ep1.mp4'},{folder / 'ep1.fr.wav'},x.mp4\n")
     assert cli.main(["batch", str(listing), "--output-dir", str(tmp_path)]) == 2
+
+
+def test_the_item_under_way_reports_its_phases(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "home"))
+    demo = make_demo_inputs(tmp_path / "in", seconds=1.0, size=192)
+    items = [BatchItem(demo.video, demo.audio, tmp_path / f"out{i}.mp4", {}) for i in range(2)]
+    seen: list[tuple[int, str, int, int]] = []
+
+    run_batch(items, item_progress=lambda *call: seen.append(call))
+
+    for index in (0, 1):
+        calls = [c for c in seen if c[0] == index]
+        phases = list(dict.fromkeys(phase for _, phase, _, _ in calls))
+        assert phases == ["scenes", "faces", "export"], "each item, phase by phase, in order"
+        last = [c for c in calls if c[1] == "export"][-1]
+        assert last[2] == last[3] == 25, "its export reaches every frame"
+    first = [i for i, call in enumerate(seen) if call[0] == 0]
+    second = [i for i, call in enumerate(seen) if call[0] == 1]
+    assert max(first) < min(second), "one item after the other"
+
+    # The command draws the item's phases under the batch's bar (on stderr).
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"video,audio,output\n{demo.video},{demo.audio},{tmp_path / 'cli.mp4'}\n")
+    assert cli.main(["batch", str(listing)]) == 0
+    err = capfd.readouterr().err
+    assert "cli.mp4:   export" in err and "batch" in err
