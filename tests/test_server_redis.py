@@ -142,6 +142,29 @@ def test_jobs_survive_a_killed_worker_and_a_restarted_shim(cluster, redis_server
     assert {b["event"] for b in bodies} == {"completed"} and len(calls) == JOBS
 
 
+def test_local_workers_take_their_jobs_from_the_messages(tmp_path, redis_server, inputs):
+    from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, open_broker
+
+    # A shim on the redis queue with a local worker and no remote one: each job's message is
+    # used up by the local worker that runs it, so none is left behind in Redis.
+    url = redis_server.url.rsplit("/", 1)[0] + "/2"  # a database of its own
+    home = tmp_path / "shim"
+    home.mkdir()
+    env = {"LIPSYNC_API_KEYS": KEY, "LIPSYNC_WORKER_TOKEN": TOKEN}
+    shim = ServerProcess(home, env, ("--queue", url, "--workers", "1")).start()
+    try:
+        with shim.client(KEY) as client:
+            ids = [submit(client, inputs) for _ in range(3)]
+            finals = [wait_for(client, i, ended, TIMEOUT) for i in ids]
+    finally:
+        shim.stop()
+
+    assert [f["status_code"] for f in finals] == ["success"] * 3, finals
+    assert all(row["attempts"] == 1 for row in request_rows(home).values())
+    consumer = open_broker(RedisOptions(url=url)).consume(QUEUE_NAME, prefetch=10, timeout=200)
+    assert _received(consumer) == [], "no message is left for a job already done"
+
+
 def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, redis_server):
     from lipsync.server.queues import REMOTE_OWNER
     from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, RedisQueue, open_broker

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidOptionError, MissingDependencyError
-from .queues import SqliteQueue, register_queue
+from .queues import Claim, SqliteQueue, WorkerId, _claim, register_queue
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -132,14 +132,16 @@ def job_message(request_id: str) -> Any:
 class RedisQueue(SqliteQueue):
     """The store's requests table as the truth, with a Redis message sent for each job.
 
-    Local worker processes (``serve --workers N``) still claim from the store directly; remote
-    workers claim what the messages name, over HTTP.
+    Every worker takes its jobs from the messages: remote workers claim what a message names
+    over HTTP, and local worker processes (``serve --workers N``) claim it from the store
+    directly (:meth:`claim`), so each message is used up by whichever worker runs its job.
     """
 
-    # TODO(#6): a job a local worker ran still has its message in Redis, dropped only when a
-    # remote worker takes it; a shim with local workers and none elsewhere lets them pile up.
-
     name = "redis"
+    # How long a local worker's look for a message waits for one to come (ms).
+    CLAIM_WAIT_MS = 500
+    # Messages of jobs already claimed or done dropped in one look before it gives up.
+    STALE_PER_LOOK = 32
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class RedisQueue(SqliteQueue):
         self._lock = threading.Lock()
         self._unsent: dict[str, None] = {}  # ids whose message has yet to go out, in order
         self._sent: dict[str, float] = {}  # id of a waiting request -> monotonic time of its send
+        self._consumer: Any = None  # a local worker's Redis consumer, made at its first claim
 
     def reopen_args(self) -> dict[str, Any]:
         return {
@@ -170,6 +173,26 @@ class RedisQueue(SqliteQueue):
             "heartbeat_timeout": self.options.heartbeat_timeout,
             "resend_after": self.resend_after,
         }
+
+    def claim(self, worker: WorkerId, lease: float) -> Claim | None:
+        """The job the next message names, claimed for a local ``worker``; None if none came.
+
+        The message is acknowledged once the claim is made (or the job is found claimed or
+        done elsewhere): from then on the store's lease, not Redis, keeps the job safe.
+        """
+        if self._consumer is None:
+            self._consumer = self.broker.consume(QUEUE_NAME, prefetch=1, timeout=self.CLAIM_WAIT_MS)
+        for _ in range(self.STALE_PER_LOOK):
+            message = next(self._consumer)
+            if message is None:
+                return None
+            request_id = str(message.args[0]) if message.args else ""
+            claimed = self.store.claim_request(request_id, str(worker), time.time() + lease)
+            self._consumer.ack(message)
+            if claimed is not None:
+                return _claim(claimed)
+            logger.debug("request %s: not waiting any more; message dropped", request_id)
+        return None
 
     def enqueue(self, request_id: str) -> None:
         with self._lock:
