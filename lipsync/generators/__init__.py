@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..errors import InvalidOptionError
+from ..registry import Registry
 from .base import INTENSITIES, FaceFrame, Generator, SourceVideo
 
-_REGISTRY: dict[str, type[Generator]] = {}
+_REGISTRY: Registry[type[Generator]] = Registry()
 
 
-def register(name: str) -> Callable[[type[Generator]], type[Generator]]:
-    """Class decorator: make a generator available under ``name``."""
-
-    def add(cls: type[Generator]) -> type[Generator]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
+register = _REGISTRY.register  # class decorator: @register("name")
 
 
 def available() -> list[str]:
     """Names of the built-in generators (they need no weights)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def known() -> list[str]:

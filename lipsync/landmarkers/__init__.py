@@ -14,12 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import InvalidOptionError
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..faces import Chunk, _Found
     from ..media import VideoInfo
 
-_REGISTRY: dict[str, type[Landmarker]] = {}
+_REGISTRY: Registry[type[Landmarker]] = Registry()
 
 
 class Landmarker(ABC):
@@ -51,20 +52,12 @@ class Landmarker(ABC):
         """
 
 
-def register(name: str) -> Callable[[type[Landmarker]], type[Landmarker]]:
-    """Class decorator: make a landmarker available under ``name``."""
-
-    def add(cls: type[Landmarker]) -> type[Landmarker]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
+register = _REGISTRY.register  # class decorator: @register("name")
 
 
 def available() -> list[str]:
     """Names of the registered landmarkers."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_landmarker(name: str, **options) -> Landmarker:
