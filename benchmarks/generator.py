@@ -1,14 +1,17 @@
-"""How many face crops per second does an ONNX generator run, by batch size and provider?
+"""How many face crops per second does an ONNX generator run, by batch, provider and precision?
 
 The model is an installed one (``--model e2``), any ONNX file honouring the wav2lip96
 contract (``--onnx PATH``), or, by default, our Wav2Lip architecture with random weights
 exported to ONNX (needs the ``convert`` extra: torch): the speed does not depend on the
-weights. Each (provider, batch) pair gets its own session, two warm-up runs, then timed
-runs; the table is printed and written as JSON. ``--dub CLIP AUDIO`` adds one whole dub
+weights. Each (provider, precision, batch) cell gets its own session, two warm-up runs,
+then timed runs; the table is printed and written as JSON. Precision fp16 is, on TensorRT,
+its own fp16 engine built from the float32 model, and elsewhere our float16 copy of the
+model (``lipsync.half``), as the generator runs it. ``--dub CLIP AUDIO`` adds one whole dub
 with that model and reports it against the clip's duration (times real time).
 
     .venv/bin/python benchmarks/generator.py
     .venv/bin/python benchmarks/generator.py --providers CUDAExecutionProvider --batches 1 32 128
+    .venv/bin/python benchmarks/generator.py --precisions fp32 fp16
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> int:
     parser.add_argument("--onnx", type=Path, help="an ONNX file honouring wav2lip96")
     parser.add_argument("--providers", nargs="*", help="onnxruntime providers to try")
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 4, 16, 32, 64])
+    parser.add_argument("--precisions", nargs="*", choices=("fp32", "fp16"), default=["fp32"])
     parser.add_argument("--seconds", type=float, default=3.0, help="timed run per cell")
     parser.add_argument("--dub", nargs=2, metavar=("CLIP", "AUDIO"), help="also time a dub")
     parser.add_argument("--json", type=Path, default=DEFAULT_OUT)
@@ -50,15 +54,25 @@ def main() -> int:
     ]  # fmt: skip
 
     rows = []
+    halves = {}
     for provider in providers:
-        for batch in args.batches:
-            rows.append(measure(ort, path, contract, provider, batch, args.seconds))
-            print(
-                f"{provider:<28} batch {batch:>4}: {rows[-1]['crops_per_s']:>9.1f} crops/s",
-                flush=True,
-            )
+        for precision in args.precisions:
+            model, options = path, {}
+            if precision == "fp16" and provider == "TensorrtExecutionProvider":
+                options = {"trt_fp16_enable": True}
+            elif precision == "fp16":
+                halves[provider] = half_copy(path, provider)
+                model = halves[provider]["path"]
+            for batch in args.batches:
+                row = measure(ort, model, contract, provider, options, batch, args.seconds)
+                rows.append({"precision": precision, **row})
+                print(
+                    f"{provider:<28} {precision} batch {batch:>4}: "
+                    f"{row['crops_per_s']:>9.1f} crops/s",
+                    flush=True,
+                )
 
-    report = {"model": str(path), "cpus": os.cpu_count(), "runs": rows}
+    report = {"model": str(path), "cpus": os.cpu_count(), "fp16_copies": halves, "runs": rows}
     if args.dub:
         report["dub"] = time_dub(args.model or "e2", *args.dub)
         print(f"dub: {report['dub']['times_real_time']:.2f}x real time")
@@ -84,11 +98,24 @@ def model_file(args) -> Path:
     return out
 
 
-def measure(ort, path: Path, contract, provider: str, batch: int, seconds: float) -> dict:
+def half_copy(path: Path, provider: str) -> dict:
+    """Our float16 copy of the model, checked against it on ``provider``."""
+    from lipsync.cache import file_digest
+    from lipsync.half import half_copy as make
+    from lipsync.models import load_contract
+
+    made = make(path, file_digest(path), load_contract("wav2lip96"), provider)
+    print(f"{provider:<28} fp16 copy: max abs difference {made.max_abs_diff:.1e}", flush=True)
+    return made.to_dict()
+
+
+def measure(
+    ort, path: Path, contract, provider: str, provider_options: dict, batch: int, seconds: float
+) -> dict:
     """Crops per second of one session at one batch size."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=[provider])
+    session = ort.InferenceSession(str(path), options, providers=[(provider, provider_options)])
     rng = np.random.default_rng(0)
     feeds = {
         contract.mel_input: rng.uniform(-4, 4, (batch, 1, 80, 16)).astype(np.float32),

@@ -300,6 +300,16 @@ def _add_dub_options(sub: argparse.ArgumentParser) -> None:
         "where present)",
     )
     sub.add_argument(
+        "--batch-size", type=int, default=16, help="frames per generator run (default 16)"
+    )
+    sub.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16"),
+        default="auto",
+        help="ONNX models (e2, e3, yours): auto (default: fp16 on a GPU, fp32 on the CPU), "
+        "fp32 or fp16",
+    )
+    sub.add_argument(
         "--no-cache", action="store_true", help="recompute the scene list and the faces"
     )
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -372,6 +382,8 @@ def _run_dub(args: argparse.Namespace) -> int:
             workers=args.workers,
             use_cache=not args.no_cache,
             landmarker=args.landmarker,
+            batch_size=args.batch_size,
+            precision=args.precision,
         )
     finally:
         bars.close()

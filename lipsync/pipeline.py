@@ -22,7 +22,7 @@ from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
-from .generators import INTENSITIES, FaceFrame, Generator, SourceVideo, get_generator
+from .generators import INTENSITIES, PRECISIONS, FaceFrame, Generator, SourceVideo, get_generator
 from .landmarkers import available as available_landmarkers
 from .media import (
     PathLike,
@@ -60,6 +60,7 @@ class DubOptions:
     batch_size: int = 16  # frames handed to the generator at once
     visemes: bool = True  # shape the mouth by the voice's phones (closures, rounding)
     landmarker: str = "mediapipe"  # face engine: "mediapipe" (CPU) or "onnx" (batched, GPU)
+    precision: str = "auto"  # ONNX models: "auto" (fp16 on a GPU), "fp32" or "fp16"
 
     def validate(self) -> None:
         """Refuse bad options before any work; the rest are checked where they are used."""
@@ -77,6 +78,9 @@ class DubOptions:
             raise InvalidOptionError(f"landmarker must be one of {known}, got {self.landmarker!r}")
         if self.batch_size < 1:
             raise InvalidOptionError(f"batch_size must be at least 1, got {self.batch_size!r}")
+        if self.precision not in PRECISIONS:
+            allowed = ", ".join(PRECISIONS)
+            raise InvalidOptionError(f"precision must be one of {allowed}, got {self.precision!r}")
 
 
 @dataclass
@@ -132,7 +136,9 @@ def _dub(
 ) -> DubResult:
     opts.validate()
     settings = EncodeSettings(crf=opts.crf, preset=opts.preset)
-    generator = get_generator(opts.model, intensity=opts.intensity)
+    generator = get_generator(
+        opts.model, intensity=opts.intensity, batch_size=opts.batch_size, precision=opts.precision
+    )
     out_path = Path(output) if output is not None else Path.cwd() / f"{video.stem}_dubbed.mp4"
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -16,7 +16,7 @@ $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_avail
 dub=()
 if [ $# -ge 2 ]; then dub=(--dub "$1" "$2"); fi
 for provider in TensorrtExecutionProvider CUDAExecutionProvider; do
-  $PY benchmarks/generator.py --providers "$provider" --batches 1 16 32 64 128 \
+  $PY benchmarks/generator.py --providers "$provider" --batches 1 16 32 64 128 --precisions fp32 fp16 \
     --json "$OUT/generator_${provider}.json" "${dub[@]}" || echo "$provider: failed"
 done
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import InvalidOptionError
 from ..registry import Registry
-from .base import INTENSITIES, FaceFrame, Generator, SourceVideo
+from .base import INTENSITIES, PRECISIONS, FaceFrame, Generator, SourceVideo
 
 _REGISTRY: Registry[type[Generator]] = Registry()
 
@@ -25,8 +25,14 @@ def known() -> list[str]:
     return [*available(), *(name for name in model_names() if name not in _REGISTRY)]
 
 
-def get_generator(name: str, *, intensity: int = 2) -> Generator:
-    """A fresh generator instance for one job."""
+def get_generator(
+    name: str, *, intensity: int = 2, batch_size: int = 16, precision: str = "auto"
+) -> Generator:
+    """A fresh generator instance for one job.
+
+    ``batch_size`` (crops per model run) and ``precision`` (``auto``, ``fp32``, ``fp16``)
+    concern the ONNX models; the built-in generators have no model to run.
+    """
     if intensity not in INTENSITIES:
         raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {intensity!r}")
     if name in _REGISTRY:
@@ -37,7 +43,14 @@ def get_generator(name: str, *, intensity: int = 2) -> Generator:
 
         # Missing weights are the user's to import: say so before anything else.
         status = require_model(name)
-        return OnnxGenerator(name, status, model_contract(name), intensity=intensity)
+        return OnnxGenerator(
+            name,
+            status,
+            model_contract(name),
+            intensity=intensity,
+            batch_size=batch_size,
+            precision=precision,
+        )
     raise InvalidOptionError(f"unknown model {name!r}; known: {', '.join(known())}")
 
 
@@ -45,6 +58,7 @@ from . import e1  # noqa: E402,F401  (registers the built-in generator)
 
 __all__ = [
     "INTENSITIES",
+    "PRECISIONS",
     "FaceFrame",
     "Generator",
     "SourceVideo",

@@ -13,6 +13,9 @@ from ..faces import FaceResult
 from ..media import VideoInfo
 
 INTENSITIES = (1, 2, 3)
+# How an ONNX model runs. "auto": float16 on a GPU (TensorRT's own fp16 kernels, or a
+# float16 copy of the model on CUDA), float32 on the CPU, where float16 is no faster.
+PRECISIONS = ("auto", "fp32", "fp16")
 
 
 @dataclass

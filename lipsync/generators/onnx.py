@@ -3,9 +3,9 @@
 The model re-draws a 96 px face crop whose lower half it cannot see, from a mel window
 and a reference crop. Everything around it is ours: the crop comes from the smoothed
 face-mesh landmarks, batches go through one onnxruntime session (TensorRT, then CUDA,
-then the CPU, whichever this installation has), and the generated crop is scaled back and
-blended in through e1's feathered lower-face mask with its colour matched to the frame,
-so no rectangle is ever pasted and nothing outside the mask changes.
+then the CPU, whichever this installation has; float16 on a GPU), and the generated crop
+is scaled back and blended in through e1's feathered lower-face mask with its colour
+matched to the frame, so no rectangle is ever pasted and nothing outside the mask changes.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 
 from ..audio import AudioFeatures
-from ..cache import cache_dir
-from ..errors import InternalError, MissingDependencyError
+from ..cache import cache_dir, file_digest
+from ..errors import InternalError, InvalidOptionError, MissingDependencyError
 from ..kernels import blend_masked
 from ..models import ModelContract, ModelStatus
 from ..ortrun import run_session
-from .base import FaceFrame, Generator, SourceVideo
+from .base import PRECISIONS, FaceFrame, Generator, SourceVideo
 from .e1 import lower_face_alpha
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,19 @@ class OnnxGenerator(Generator):
         intensity: int = 2,
         batch_size: int = 16,
         sharpen: float = 0.5,
+        precision: str = "auto",
     ) -> None:
         super().__init__(intensity)
+        if precision not in PRECISIONS:
+            allowed = ", ".join(PRECISIONS)
+            raise InvalidOptionError(f"precision must be one of {allowed}, got {precision!r}")
+        if batch_size < 1:
+            raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size!r}")
         self.name = name
         self.contract = contract
         self.batch_size = batch_size
         self.sharpen = sharpen  # unsharp-mask amount for the upscaled crop; 0 turns it off
-        self._session = _open_session(status)
+        self._session, self.precision = _open_session(status, contract, precision)
         self._mel = np.zeros((0, 1, contract.mel_bands, contract.mel_steps), np.float32)
 
     def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
@@ -160,8 +166,12 @@ def crop_box(landmarks: np.ndarray) -> tuple[int, int, int, int]:
     return x0, y0, x0 + 2 * half, y0 + 2 * half
 
 
-def _open_session(status: ModelStatus):
-    """An onnxruntime session on the best providers here (TensorRT engines cached)."""
+def _open_session(status: ModelStatus, contract: ModelContract, precision: str = "auto"):
+    """An onnxruntime session on the best providers here, and the precision it runs in.
+
+    TensorRT builds fp16 engines itself (cached under the cache folder); the CUDA provider
+    gets a float16 copy of the model; the CPU keeps float32 unless ``fp16`` is asked for.
+    """
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -169,25 +179,44 @@ def _open_session(status: ModelStatus):
             "ONNX models need onnxruntime", hint="pip install onnxruntime (or onnxruntime-gpu)"
         ) from exc
 
-    available = set(ort.get_available_providers())
+    available = [name for name in PROVIDERS if name in set(ort.get_available_providers())]
+    first = available[0] if available else "CPUExecutionProvider"
     providers: list = []
-    for name in PROVIDERS:
-        if name not in available:
-            continue
+    for name in available:
         if name == "TensorrtExecutionProvider":
             engines = cache_dir() / "tensorrt"
             engines.mkdir(parents=True, exist_ok=True)
             options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines)}
-            options["trt_fp16_enable"] = True
-            # TODO(#4): fp16 on the CUDA provider too (a half-precision copy of the model).
+            options["trt_fp16_enable"] = precision != "fp32"
             providers.append((name, options))
         else:
             providers.append(name)
+
+    path, used = status.path, "fp32"
+    if first == "TensorrtExecutionProvider":
+        used = "fp32" if precision == "fp32" else "fp16"  # TensorRT's choice of kernels
+    elif precision == "fp16" or (precision == "auto" and first == "CUDAExecutionProvider"):
+        half = _half_model(status, contract, first)
+        if half is not None:
+            path, used = half, "fp16"
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings are not the user's concern
     threads = os.cpu_count() or 1
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(status.path), options, providers=providers)
-    logger.info("model %s on %s", status.name, ", ".join(session.get_providers()))
-    return session
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    logger.info("model %s on %s in %s", status.name, ", ".join(session.get_providers()), used)
+    return session, used
+
+
+def _half_model(status: ModelStatus, contract: ModelContract, provider: str):
+    """The checked float16 copy of the model for ``provider``, or None to keep float32."""
+    from ..half import HalfConversionError, half_copy
+
+    try:
+        # Keyed by the file's own bytes: a re-imported model gets a fresh copy.
+        made = half_copy(status.path, file_digest(status.path), contract, provider)
+    except HalfConversionError as exc:
+        logger.info("model %s stays float32: %s", status.name, exc)
+        return None
+    return made.path if made.usable else None
