@@ -345,6 +345,7 @@ def smooth_landmarks(
     fps: float,
     strength: float = 1.0,
     sigmas_s: tuple[float, float, float] | None = None,
+    points: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Zero-phase temporal smoothing of one face over consecutive frames.
 
@@ -360,20 +361,25 @@ def smooth_landmarks(
         fps: frame rate, to turn the sigmas from seconds into frames.
         strength: multiplies every sigma; 0 returns the input unchanged.
         sigmas_s: (pose, upper face, lower face) sigmas in seconds instead of the defaults.
+        points: smooth and return only these landmarks (the pose is still fitted on all of
+            STABLE_POINTS); a caller that needs a few points of a long track then holds a
+            few float64 columns, not all 468.
 
     Returns:
-        (n, 468, 2) float32 smoothed landmarks.
+        (n, 468, 2) float32 smoothed landmarks, or (n, len(points), 2) with ``points``.
     """
     pose_s, upper_s, lower_s = sigmas_s or (POSE_SIGMA_S, UPPER_SIGMA_S, LOWER_SIGMA_S)
-    landmarks = np.asarray(landmarks, dtype=np.float64)
+    landmarks = np.asarray(landmarks)
+    chosen = slice(None) if points is None else np.asarray(points, dtype=np.int64)
     if strength <= 0 or len(landmarks) < 3:
-        return landmarks.astype(np.float32)
+        return landmarks[:, chosen].astype(np.float32)
 
-    # Landmarks as complex numbers: a similarity transform is then z -> a * z + b.
-    points = landmarks[..., 0] + 1j * landmarks[..., 1]
-    reference = points.mean(axis=0)
-    scale, shift = fit_similarity(reference, points)
-    shape = (points - shift[:, None]) / scale[:, None]
+    # Landmarks as complex numbers: a similarity transform is then z -> a * z + b. The
+    # reference is the run's mean shape; the pose is fitted on the stable points alone.
+    reference = _complex(landmarks.mean(axis=0, dtype=np.float64))
+    stable = list(STABLE_POINTS)
+    scale, shift = _fit_pose(reference[stable], _complex(landmarks[:, stable]))
+    shape = (_complex(landmarks[:, chosen]) - shift[:, None]) / scale[:, None]
 
     # Scale and rotation are smoothed as log-magnitude and unwrapped angle, so a turn through
     # +-180 degrees or a zoom stays continuous.
@@ -383,23 +389,31 @@ def smooth_landmarks(
     scale = np.exp(log_scale + 1j * angle)
     shift = _gaussian(shift.real, pose_sigma) + 1j * _gaussian(shift.imag, pose_sigma)
 
-    lower = _lower_face(reference)
+    lower = _lower_face(reference)[chosen]
     shape[:, ~lower] = _gaussian_complex(shape[:, ~lower], strength * upper_s * fps)
     shape[:, lower] = _gaussian_complex(shape[:, lower], strength * lower_s * fps)
 
-    points = scale[:, None] * shape + shift[:, None]
-    return np.stack([points.real, points.imag], axis=-1).astype(np.float32)
+    shape *= scale[:, None]
+    shape += shift[:, None]
+    return np.stack([shape.real, shape.imag], axis=-1).astype(np.float32)
 
 
-def steady_lower_face(track: FaceTrack, fps: float, sigma_s: float = STEADY_SIGMA_S) -> np.ndarray:
+def steady_lower_face(
+    track: FaceTrack,
+    fps: float,
+    sigma_s: float = STEADY_SIGMA_S,
+    points: Sequence[int] | None = None,
+) -> np.ndarray:
     """The track's landmarks with the lower face's shape held steady, the head's pose kept.
 
     The shape of the mouth and jaw, once the head pose is undone, is averaged over about
     ``sigma_s`` seconds either side: what the source speaker's lips do syllable by syllable
     is gone, a slow change of expression stays. e1 builds its new mouth on this shape, so
-    the old speech does not show through the new one.
+    the old speech does not show through the new one. ``points``: only these landmarks.
     """
-    return _smooth_track(track.frames, track.landmarks, fps, 1.0, (0.0, 0.0, sigma_s))
+    return _smooth_track(
+        track.frames, track.landmarks, fps, 1.0, (0.0, 0.0, sigma_s), points=points
+    )
 
 
 def _smooth_track(
@@ -408,24 +422,35 @@ def _smooth_track(
     fps: float,
     strength: float,
     sigmas_s: tuple[float, float, float] | None = None,
+    points: Sequence[int] | None = None,
 ):
     """Smooth each run of consecutive frames on its own: a gap may hide any motion."""
-    out = np.empty_like(landmarks, dtype=np.float32)
+    columns = landmarks.shape[1] if points is None else len(points)
+    out = np.empty((len(landmarks), columns, 2), dtype=np.float32)
     breaks = np.flatnonzero(np.diff(frames) != 1) + 1
     for rows in np.split(np.arange(len(frames)), breaks):
-        out[rows] = smooth_landmarks(landmarks[rows], fps, strength, sigmas_s)
+        out[rows] = smooth_landmarks(landmarks[rows], fps, strength, sigmas_s, points)
     return out
 
 
 def fit_similarity(reference: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares a, b per frame with points ~ a * reference + b on STABLE_POINTS."""
-    ref = reference[list(STABLE_POINTS)]
-    pts = points[:, list(STABLE_POINTS)]
+    stable = list(STABLE_POINTS)
+    return _fit_pose(reference[stable], points[:, stable])
+
+
+def _fit_pose(ref: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fit_similarity on points already cut to the stable ones: (k,) and (n, k) complex."""
     ref_centred = ref - ref.mean()
     pts_centred = pts - pts.mean(axis=1, keepdims=True)
     scale = (np.conj(ref_centred) * pts_centred).sum(axis=1) / (np.abs(ref_centred) ** 2).sum()
     shift = pts.mean(axis=1) - scale * ref.mean()
     return scale, shift
+
+
+def _complex(xy: np.ndarray) -> np.ndarray:
+    """(..., 2) x, y as complex128 x + iy."""
+    return xy[..., 0].astype(np.float64) + 1j * xy[..., 1].astype(np.float64)
 
 
 def _lower_face(reference: np.ndarray) -> np.ndarray:

@@ -306,6 +306,10 @@ def test_steady_lower_face_drops_speech_and_keeps_pose_and_expression(face_shape
     assert np.abs(width - true_width)[middle].max() < 0.005 * eyes
     assert np.abs(steady[:, 10, 0] - speech[:, 10, 0]).max() < 1e-3 * eyes, "pose kept"
 
+    # A few points alone (e1 needs the lips) come out as the same columns of the whole.
+    lips = [61, 13, 14, 291, 152]
+    np.testing.assert_array_equal(steady_lower_face(track, fps, points=lips), steady[:, lips])
+
 
 def test_tracks_follow_two_faces_through_gaps(face_shape):
     big = face_shape.astype(np.float32)

@@ -96,9 +96,9 @@ class E1Generator(Generator):
         if source is not None:
             fps = float(source.info.fps)
             for t, track in enumerate(source.faces.tracks):
-                steady = steady_lower_face(track, fps)
                 lips = list(LIP_POINTS)
-                self._holds[t] = (track.frames, steady[:, lips] - track.landmarks[:, lips])
+                steady = steady_lower_face(track, fps, points=lips)
+                self._holds[t] = (track.frames, steady - track.landmarks[:, lips])
 
     def footprint(self, landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         landmarks = np.asarray(landmarks, dtype=np.float64)
