@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,9 +141,15 @@ def half_copy(
     if refresh or not out.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         half = to_half(onnx.load(str(path)))
-        partial = out.with_suffix(".onnx.partial")
-        onnx.save(half, str(partial))
-        partial.replace(out)
+        # A name of its own per writer: two workers may make the same copy at once.
+        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{sha256}.", suffix=".partial")
+        os.close(fd)
+        try:
+            onnx.save(half, partial)
+            os.replace(partial, out)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
 
     diff = compare(path, out, contract, provider)
     made = HalfCopy(out, diff, TOLERANCE, diff <= TOLERANCE)
