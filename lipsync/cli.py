@@ -399,6 +399,7 @@ def _result_json(result) -> dict:
     return {
         "output": str(result.output),
         "duration": round(result.duration, 3),
+        "engine": result.engine,
         "frames_written": result.frames_written,
         "frames_changed": result.frames_changed,
         "frames_with_face": result.frames_with_face,
@@ -413,7 +414,7 @@ def _result_json(result) -> dict:
 def _result_text(result) -> str:
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items() if k != "total")
     return (
-        f"wrote {result.output}\n"
+        f"wrote {result.output} ({result.engine})\n"
         f"  {result.frames_written} frames ({result.duration:.2f} s), "
         f"{result.frames_changed} re-rendered; {len(result.scenes)} scene(s)"
         f"{' (cached)' if result.scenes_from_cache else ''}, {result.faces_found} face track(s)"

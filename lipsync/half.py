@@ -47,8 +47,8 @@ SAFE_OPS = frozenset(
         "Tanh",
     }
 )
-# Largest difference from the float32 model accepted on a [0, 1] output: one level of the
-# 8-bit frame the crop is pasted into, so no pixel moves by more than rounding could.
+# Largest difference from the float32 model accepted on a [0, 1] output: one level of an
+# 8-bit crop, so the copy moves no crop pixel by more than rounding to 8 bits could.
 # Measured on our Wav2Lip architecture with seeded random weights: 0.6-1.5e-5 through
 # onnxruntime's CPU provider (which runs some float16 nodes in float32), 2.6e-4 through
 # torch's float16 CPU kernels; trained weights, with wider activations, will stray further.

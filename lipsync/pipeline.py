@@ -97,6 +97,7 @@ class DubResult:
     frames_changed: int  # output frames the generator re-rendered
     frames_written: int  # output frames in total
     duration: float  # output duration in seconds
+    engine: str = ""  # the generator as it ran: "e1", "e2 on CUDA, fp16"
 
 
 def dub(
@@ -207,6 +208,7 @@ def _dub(
         frames_changed=changed,
         frames_written=len(timeline.source_index),
         duration=timeline.duration,
+        engine=generator.describe(),
     )
 
 

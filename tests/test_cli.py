@@ -43,6 +43,7 @@ def test_dub_writes_the_output_and_reports_json(demo, tmp_path):
     report = json.loads(done.stdout)
     assert Path(report["output"]) == out and out.stat().st_size > 0
     assert report["frames_changed"] > 0
+    assert report["engine"] == "e1"
 
 
 def test_bad_input_prints_one_line_and_exits_with_its_code(demo, tmp_path):

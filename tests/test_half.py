@@ -96,6 +96,7 @@ def test_the_generator_runs_the_copy_when_asked(exported, home, portrait):
         out = image.copy()
         generator.render([FaceFrame(out, landmarks, 0, 0)])
         outputs[generator.precision] = out
+        assert generator.describe() == f"e2 on CPU, {generator.precision}"
 
     # On the CPU, "auto" keeps float32; the float16 copy paints the same mouth. Rounding
     # can flip a crop pixel by one level, and the unsharp mask (amount 0.5) make that two

@@ -46,6 +46,10 @@ class Generator(ABC):
     def __init__(self, intensity: int = 2) -> None:
         self.intensity = intensity
 
+    def describe(self) -> str:
+        """What runs, in a few words, for the result and the logs (``e2 on CUDA, fp16``)."""
+        return self.name
+
     @abstractmethod
     def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
         """Take the new audio's features (one row per output frame) and, when given, the

@@ -63,6 +63,10 @@ class OnnxGenerator(Generator):
         self._session, self.precision = _open_session(status, contract, precision)
         self._mel = np.zeros((0, 1, contract.mel_bands, contract.mel_steps), np.float32)
 
+    def describe(self) -> str:
+        provider = self._session.get_providers()[0].removesuffix("ExecutionProvider")
+        return f"{self.name} on {provider}, {self.precision}"
+
     def prepare(self, audio: AudioFeatures, source: SourceVideo | None = None) -> None:
         self._mel = np.asarray(audio.mel, dtype=np.float32)[:, None]
 
