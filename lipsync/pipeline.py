@@ -57,7 +57,7 @@ class DubOptions:
     scene_threshold: float = 27.0  # PySceneDetect content threshold for a cut
     workers: int | None = None  # face-analysis processes; None = one per core
     use_cache: bool = True  # reuse the scenes and faces of a video seen before
-    batch_size: int = 16  # frames handed to the generator at once
+    batch_size: int = 16  # frames handed to the generator at once (an ONNX model's batch)
     visemes: bool = True  # shape the mouth by the voice's phones (closures, rounding)
     landmarker: str = "mediapipe"  # face engine: "mediapipe" (CPU) or "onnx" (batched, GPU)
     precision: str = "auto"  # ONNX models: "auto" (fp16 on a GPU), "fp32" or "fp16"
