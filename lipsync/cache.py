@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +61,20 @@ def store_json(kind: str, key: str, value: Any) -> None:
 
 
 def write_json_atomic(path: Path, value: Any, **dump_options: Any) -> None:
-    """Write ``value`` as JSON to ``path`` through a temporary file in the same folder and a
-    rename, so a reader finds the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    """Write ``value`` as JSON to ``path`` atomically (see :func:`atomic_target`)."""
+    with atomic_target(path) as tmp, open(tmp, "w") as handle:
+        json.dump(value, handle, **dump_options)
+
+
+@contextmanager
+def atomic_target(path: Path) -> Iterator[str]:
+    """A temporary path beside ``path`` to write; renamed onto ``path`` when the block ends
+    well, deleted when it raises. A reader finds the old file or the new one, never half of
+    one, and two writers of the same file each have a name of their own."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(value, handle, **dump_options)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

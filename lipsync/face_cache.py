@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,14 +50,8 @@ def store_cached_faces(key: str, result: FaceResult) -> Path:
     folder = cache.cache_dir() / CACHE_KIND
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{key}.npz"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with cache.atomic_target(target) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return target
 
 

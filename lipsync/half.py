@@ -18,14 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir, write_json_atomic
+from .cache import atomic_target, cache_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -141,15 +139,8 @@ def half_copy(
     if refresh or not out.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         half = to_half(onnx.load(str(path)))
-        # A name of its own per writer: two workers may make the same copy at once.
-        fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{sha256}.", suffix=".partial")
-        os.close(fd)
-        try:
+        with atomic_target(out) as partial:  # two workers may make the same copy at once
             onnx.save(half, partial)
-            os.replace(partial, out)
-        except BaseException:
-            Path(partial).unlink(missing_ok=True)
-            raise
 
     diff = compare(path, out, contract, provider)
     made = HalfCopy(out, diff, TOLERANCE, diff <= TOLERANCE)

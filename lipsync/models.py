@@ -25,7 +25,7 @@ from typing import Any
 
 import platformdirs
 
-from .cache import file_digest, write_json_atomic
+from .cache import atomic_target, file_digest, write_json_atomic
 from .errors import (
     DataCorruptedError,
     InternalError,
@@ -462,14 +462,8 @@ def _check_name(name: str) -> None:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_registry() -> dict[str, dict[str, Any]]:

@@ -13,10 +13,9 @@ torch = pytest.importorskip(
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
 import onnx  # noqa: E402
 from onnx import TensorProto  # noqa: E402
-from tiny_onnx import tiny_model  # noqa: E402
+from tiny_onnx import random_features, tiny_model  # noqa: E402
 
 from lipsync import half  # noqa: E402
-from lipsync.audio import AudioFeatures  # noqa: E402
 from lipsync.convert.wav2lip import Wav2Lip96, export_onnx  # noqa: E402
 from lipsync.errors import InvalidOptionError  # noqa: E402
 from lipsync.generators import FaceFrame, get_generator  # noqa: E402
@@ -37,13 +36,6 @@ def exported(tmp_path_factory):
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("LIPSYNC_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
-
-
-def _features(n: int) -> AudioFeatures:
-    rng = np.random.default_rng(3)
-    mel = rng.uniform(-4, 4, (n, 80, 16)).astype(np.float32)
-    openness = np.ones(n, np.float32)
-    return AudioFeatures(mel=mel, openness=openness, active=openness > 0)
 
 
 def test_the_copy_is_float16_inside_and_float32_at_its_edges(exported):
@@ -92,7 +84,7 @@ def test_the_generator_runs_the_copy_when_asked(exported, home, portrait):
     outputs = {}
     for precision in ("auto", "fp16"):
         generator = get_generator("e2", precision=precision)
-        generator.prepare(_features(1))
+        generator.prepare(random_features(1))
         out = image.copy()
         generator.render([FaceFrame(out, landmarks, 0, 0)])
         outputs[generator.precision] = out

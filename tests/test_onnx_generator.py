@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-from tiny_onnx import tiny_model  # noqa: E402
+from tiny_onnx import random_features, tiny_model  # noqa: E402
 
-from lipsync.audio import AudioFeatures  # noqa: E402
 from lipsync.generators import FaceFrame, get_generator  # noqa: E402
 from lipsync.generators.e1 import lower_face_alpha  # noqa: E402
 from lipsync.generators.onnx import crop_box  # noqa: E402
@@ -23,13 +22,6 @@ def e2(tmp_path, monkeypatch):
     import_onnx(tiny_model(tmp_path / "tiny.onnx"), name="e2")
 
 
-def _features(n: int) -> AudioFeatures:
-    rng = np.random.default_rng(3)
-    mel = rng.uniform(-4, 4, (n, 80, 16)).astype(np.float32)
-    openness = np.ones(n, np.float32)
-    return AudioFeatures(mel=mel, openness=openness, active=openness > 0)
-
-
 def test_crop_box_is_square_and_holds_the_face(portrait):
     _, landmarks = portrait
     x0, y0, x1, y1 = crop_box(landmarks)
@@ -41,7 +33,7 @@ def test_crop_box_is_square_and_holds_the_face(portrait):
 def test_only_the_lower_face_mask_changes(e2, portrait):
     image, landmarks = portrait
     generator = get_generator("e2")
-    generator.prepare(_features(1))
+    generator.prepare(random_features(1))
     out = image.copy()
     generator.render([FaceFrame(out, landmarks, 0, 0)])
 
@@ -58,7 +50,7 @@ def test_only_the_lower_face_mask_changes(e2, portrait):
 
 def test_batch_sizes_agree(e2, portrait):
     image, landmarks = portrait
-    features = _features(40)
+    features = random_features(40)
     outputs = {}
     for batch in (1, 32):
         generator = get_generator("e2")
@@ -78,7 +70,7 @@ def test_sharpening_restores_edges_of_the_upscaled_crop(e2, portrait):
     for amount in (0.0, 1.0):
         generator = get_generator("e2")
         generator.sharpen = amount
-        generator.prepare(_features(1))
+        generator.prepare(random_features(1))
         out = image.copy()
         generator.render([FaceFrame(out, landmarks, 0, 0)])
         roi = out[y0:y1, x0:x1].astype(float).mean(axis=2)

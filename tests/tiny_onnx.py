@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+from lipsync.audio import AudioFeatures
 
 
 def tiny_model(
@@ -34,3 +37,11 @@ def tiny_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.save(model, str(path))
     return path
+
+
+def random_features(n: int) -> AudioFeatures:
+    """Audio features for n output frames: seeded random mel windows, the mouth open."""
+    rng = np.random.default_rng(3)
+    mel = rng.uniform(-4, 4, (n, 80, 16)).astype(np.float32)
+    openness = np.ones(n, np.float32)
+    return AudioFeatures(mel=mel, openness=openness, active=openness > 0)

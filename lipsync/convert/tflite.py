@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import atomic_target
 from ..errors import InvalidFormatError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -96,13 +97,8 @@ def convert_tflite(
     onnx.checker.check_model(onnx_model)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        onnx.save(onnx_model, str(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_target(target) as tmp:
+        onnx.save(onnx_model, tmp)
 
     report = ConversionReport(
         source=source,
