@@ -197,6 +197,14 @@ def test_the_shim_sends_a_job_again_whenever_its_message_may_be_lost(tmp_path, r
     assert restarted.requeue_abandoned(3) == []
     assert _received(consumer) == [request_id]
 
+    # A message still queued (no worker free for a long while) is not sent a second time.
+    time.sleep(1.2)
+    assert restarted.requeue_abandoned(3) == []  # sent: the last one was taken above
+    for _ in range(2):
+        time.sleep(1.2)
+        assert restarted.requeue_abandoned(3) == []
+    assert _received(consumer) == [request_id], "one message, however long it waits"
+
 
 def test_a_job_sent_while_redis_is_down_goes_out_when_it_is_back(tmp_path, redis_server):
     from lipsync.server.redisqueue import QUEUE_NAME, RedisOptions, RedisQueue, open_broker

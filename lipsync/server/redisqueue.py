@@ -20,8 +20,9 @@ shim sends them freely whenever a message might have been lost:
 - a message that could not be sent (Redis unreachable) is sent again at the monitor's next
   look, and a shim that starts sends one for every request still waiting, since the shim
   before it may have stopped between recording a request and sending its message;
-- a request left waiting long after its last message (lost with a Redis restart, or
-  dead-lettered) is sent again (``resend_after``).
+- a request left waiting long after its last message is sent again (``resend_after``) if
+  that message is no longer in Redis (lost with a Redis restart, or dead-lettered); one
+  still queued, or held by a live worker, is left alone, so a long backlog is not sent twice.
 
 Why Dramatiq, of Celery, RQ and Dramatiq:
 
@@ -163,7 +164,8 @@ class RedisQueue(SqliteQueue):
         self.broker = open_broker(self.options)
         self._lock = threading.Lock()
         self._unsent: dict[str, None] = {}  # ids whose message has yet to go out, in order
-        self._sent: dict[str, float] = {}  # id of a waiting request -> monotonic time of its send
+        # id of a waiting request -> (monotonic time of its last send, that message's Redis id)
+        self._sent: dict[str, tuple[float, str]] = {}
         self._consumer: Any = None  # a local worker's Redis consumer, made at its first claim
 
     def reopen_args(self) -> dict[str, Any]:
@@ -211,10 +213,33 @@ class RedisQueue(SqliteQueue):
             for request_id in taken:
                 self._sent.pop(request_id, None)  # its last message was used up by the claim
             self._sent = {i: self._sent[i] for i in waiting if i in self._sent}
-            due = [i for i in waiting if now - self._sent.get(i, -math.inf) > self.resend_after]
-            self._unsent.update(dict.fromkeys(due))
+            last = {i: self._sent.get(i, (-math.inf, "")) for i in waiting}
+            due = [i for i in waiting if now - last[i][0] > self.resend_after]
+
+        # A due request whose message Redis still holds (queued, or fetched by a worker that
+        # lives) needs no other: look again after another resend_after.
+        alive = self._still_in_redis([last[i][1] for i in due])
+        with self._lock:
+            for request_id in due:
+                if last[request_id][1] in alive:
+                    self._sent[request_id] = (now, last[request_id][1])
+                else:
+                    self._unsent[request_id] = None
         self._send_unsent()
         return taken
+
+    def _still_in_redis(self, message_ids: list[str]) -> set[str]:
+        """Those of ``message_ids`` that Dramatiq's queue still holds, not yet acknowledged."""
+        ids = [i for i in message_ids if i]
+        if not ids:
+            return set()
+        key = f"{self.options.namespace}:{QUEUE_NAME}.msgs"  # Dramatiq's id -> message hash
+        try:
+            held = self.broker.client.hmget(key, ids)
+        except Exception as exc:  # Redis unreachable: sending is tried, and fails, as usual
+            logger.warning("looking up messages in Redis failed (%s)", exc)
+            return set()
+        return {i for i, data in zip(ids, held, strict=True) if data is not None}
 
     def _send_unsent(self) -> None:
         """Send the messages not yet sent; those Redis refuses wait for the next call."""
@@ -222,11 +247,11 @@ class RedisQueue(SqliteQueue):
             waiting = list(self._unsent)
         for request_id in waiting:
             try:
-                self.broker.enqueue(job_message(request_id))
+                sent = self.broker.enqueue(job_message(request_id))
             except Exception as exc:  # Redis down or restarting: the monitor tries again
                 logger.warning("request %s: sending to Redis failed (%s)", request_id, exc)
                 return
             with self._lock:
                 self._unsent.pop(request_id, None)
-                self._sent[request_id] = time.monotonic()
+                self._sent[request_id] = (time.monotonic(), sent.options["redis_message_id"])
             logger.debug("request %s: sent to Redis", request_id)
