@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from onnx_timing import open_session, timed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "generator.json"
@@ -64,7 +65,7 @@ def main() -> int:
                 halves[provider] = half_copy(path, provider)
                 model = halves[provider].pop("path")
             for batch in args.batches:
-                row = measure(ort, model, contract, provider, options, batch, args.seconds)
+                row = measure(model, contract, provider, options, batch, args.seconds)
                 rows.append({"precision": precision, **row})
                 print(
                     f"{provider:<28} {precision} batch {batch:>4}: "
@@ -99,40 +100,29 @@ def model_file(args) -> Path:
 
 
 def half_copy(path: Path, provider: str) -> dict:
-    """Our float16 copy of the model (beside it in a temporary folder, not in the user's
-    cache), checked against it on ``provider``."""
-    import onnx
-
-    from lipsync.half import TOLERANCE, compare, to_half
+    """The generator's float16 copy of the model, checked against it on ``provider``; kept
+    in a temporary folder, not the user's cache (a random model is new on every run)."""
+    from lipsync.cache import file_digest
+    from lipsync.half import half_copy as make
     from lipsync.models import load_contract
 
-    out = Path(tempfile.mkdtemp(prefix="lipsync-gen-")) / f"{path.stem}.fp16.onnx"
-    onnx.save(to_half(onnx.load(str(path))), str(out))
-    diff = compare(path, out, load_contract("wav2lip96"), provider)
-    print(f"{provider:<28} fp16 copy: max abs difference {diff:.1e}", flush=True)
-    return {"path": out, "max_abs_diff": diff, "tolerance": TOLERANCE}
+    folder = Path(tempfile.mkdtemp(prefix="lipsync-gen-"))
+    made = make(path, file_digest(path), load_contract("wav2lip96"), provider, folder=folder)
+    print(f"{provider:<28} fp16 copy: max abs difference {made.max_abs_diff:.1e}", flush=True)
+    return made.to_dict()
 
 
 def measure(
-    ort, path: Path, contract, provider: str, provider_options: dict, batch: int, seconds: float
+    path: Path, contract, provider: str, provider_options: dict, batch: int, seconds: float
 ) -> dict:
     """Crops per second of one session at one batch size."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=[(provider, provider_options)])
+    session = open_session(path, [(provider, provider_options)])
     rng = np.random.default_rng(0)
     feeds = {
         contract.mel_input: rng.uniform(-4, 4, (batch, 1, 80, 16)).astype(np.float32),
         contract.video_input: rng.uniform(0, 1, (batch, 6, 96, 96)).astype(np.float32),
     }
-    for _ in range(2):
-        session.run(None, feeds)
-
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        session.run(None, feeds)
-        runs += 1
-    elapsed = time.perf_counter() - started
+    runs, elapsed = timed_runs(session, feeds, seconds)
     return {
         "provider": provider,
         "batch": batch,

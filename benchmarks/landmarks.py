@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from onnx_timing import open_session, timed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "media"
@@ -153,24 +154,12 @@ def distance(runs, found: list, reference: dict) -> float:
 
 def mesh_rate(provider: str, batch: int, threads: int | None, seconds: float = 2.0) -> float:
     """Face-mesh model inferences per second at one batch size."""
-    import onnxruntime as ort
-
     from lipsync.landmarkers.face_models import face_model_paths
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    path = face_model_paths()["face_landmark"]
-    session = ort.InferenceSession(str(path), options, providers=[provider])
+    session = open_session(face_model_paths()["face_landmark"], [provider], threads)
     feed = {session.get_inputs()[0].name: np.random.rand(batch, 192, 192, 3).astype(np.float32)}
-    for _ in range(3):
-        session.run(None, feed)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        session.run(None, feed)
-        runs += 1
-    return round(runs * batch / (time.perf_counter() - started), 1)
+    runs, elapsed = timed_runs(session, feed, seconds, warmup=3)
+    return round(runs * batch / elapsed, 1)
 
 
 if __name__ == "__main__":

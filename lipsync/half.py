@@ -120,16 +120,18 @@ def half_copy(
     provider: str = "CPUExecutionProvider",
     *,
     refresh: bool = False,
+    folder: Path | None = None,
 ) -> HalfCopy:
     """The cached float16 copy of the model at ``path`` (whose SHA-256 is ``sha256``).
 
     Made the first time and checked against the float32 model on ``provider`` (a few
-    seconds); later calls read what was recorded for that provider. Raises
+    seconds); later calls read what was recorded for that provider. ``folder``: where the
+    copies and records are kept (default: the cache folder's ``fp16/``). Raises
     :class:`HalfConversionError` for a graph that cannot be converted.
     """
     import onnx
 
-    folder = cache_dir() / "fp16"
+    folder = folder or cache_dir() / "fp16"
     out = folder / f"{sha256}.onnx"
     record = folder / f"{sha256}.{provider}.json"
     if out.is_file() and record.is_file() and not refresh:

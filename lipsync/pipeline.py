@@ -22,7 +22,8 @@ from .audio import analyze
 from .errors import InternalError, InvalidOptionError, LipsyncError, NoFaceFoundError
 from .export import LENGTH_POLICIES, EncodeSettings, VideoWriter, plan_timeline
 from .faces import FaceResult, detect_faces
-from .generators import INTENSITIES, PRECISIONS, FaceFrame, Generator, SourceVideo, get_generator
+from .generators import FaceFrame, Generator, SourceVideo, get_generator
+from .generators import check_options as check_generator_options
 from .landmarkers import available as available_landmarkers
 from .media import (
     PathLike,
@@ -64,8 +65,7 @@ class DubOptions:
 
     def validate(self) -> None:
         """Refuse bad options before any work; the rest are checked where they are used."""
-        if self.intensity not in INTENSITIES:
-            raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {self.intensity!r}")
+        check_generator_options(self.intensity, self.batch_size, self.precision)
         if self.length not in LENGTH_POLICIES:
             allowed = ", ".join(LENGTH_POLICIES)
             raise InvalidOptionError(f"length must be one of {allowed}, got {self.length!r}")
@@ -76,11 +76,6 @@ class DubOptions:
         if self.landmarker not in available_landmarkers():
             known = ", ".join(available_landmarkers())
             raise InvalidOptionError(f"landmarker must be one of {known}, got {self.landmarker!r}")
-        if self.batch_size < 1:
-            raise InvalidOptionError(f"batch_size must be at least 1, got {self.batch_size!r}")
-        if self.precision not in PRECISIONS:
-            allowed = ", ".join(PRECISIONS)
-            raise InvalidOptionError(f"precision must be one of {allowed}, got {self.precision!r}")
 
 
 @dataclass

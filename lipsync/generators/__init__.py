@@ -25,6 +25,17 @@ def known() -> list[str]:
     return [*available(), *(name for name in model_names() if name not in _REGISTRY)]
 
 
+def check_options(intensity: int = 2, batch_size: int = 16, precision: str = "auto") -> None:
+    """Refuse generator options no generator takes (raises InvalidOptionError)."""
+    if intensity not in INTENSITIES:
+        raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {intensity!r}")
+    if batch_size < 1:
+        raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size!r}")
+    if precision not in PRECISIONS:
+        allowed = ", ".join(PRECISIONS)
+        raise InvalidOptionError(f"precision must be one of {allowed}, got {precision!r}")
+
+
 def get_generator(
     name: str, *, intensity: int = 2, batch_size: int = 16, precision: str = "auto"
 ) -> Generator:
@@ -33,8 +44,7 @@ def get_generator(
     ``batch_size`` (crops per model run) and ``precision`` (``auto``, ``fp32``, ``fp16``)
     concern the ONNX models; the built-in generators have no model to run.
     """
-    if intensity not in INTENSITIES:
-        raise InvalidOptionError(f"intensity must be 1, 2 or 3, got {intensity!r}")
+    check_options(intensity, batch_size, precision)
     if name in _REGISTRY:
         return _REGISTRY[name](intensity=intensity)
     if name in known():
@@ -63,6 +73,7 @@ __all__ = [
     "Generator",
     "SourceVideo",
     "available",
+    "check_options",
     "get_generator",
     "known",
     "register",

@@ -18,11 +18,11 @@ import numpy as np
 
 from ..audio import AudioFeatures
 from ..cache import cache_dir, file_digest
-from ..errors import InternalError, InvalidOptionError, MissingDependencyError
+from ..errors import InternalError, MissingDependencyError
 from ..kernels import blend_masked
 from ..models import ModelContract, ModelStatus
 from ..ortrun import run_session
-from .base import PRECISIONS, FaceFrame, Generator, SourceVideo
+from .base import FaceFrame, Generator, SourceVideo
 from .e1 import lower_face_alpha
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,6 @@ class OnnxGenerator(Generator):
         precision: str = "auto",
     ) -> None:
         super().__init__(intensity)
-        if precision not in PRECISIONS:
-            allowed = ", ".join(PRECISIONS)
-            raise InvalidOptionError(f"precision must be one of {allowed}, got {precision!r}")
-        if batch_size < 1:
-            raise InvalidOptionError(f"batch_size must be at least 1, got {batch_size!r}")
         self.name = name
         self.contract = contract
         self.batch_size = batch_size
